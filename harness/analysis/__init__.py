@@ -1,0 +1,29 @@
+"""The interaction analysis: does the gain from training-data diversity grow with LoRA capacity?
+
+Reads a sweep's records (never runs anything), so it imports without torch or ray:
+
+    harness analyze results/smoke [--compare results/other] [--diversity n_subtasks]
+
+    from harness.analysis import analyze, compute_analysis
+    summary = analyze(Path("results/smoke"))        # writes report.md, summary.json, figures/
+    a = compute_analysis(Path("results/smoke"))     # the same numbers, nothing written
+
+Modules: load (records -> tables), stats (cell CIs, the OLS interaction, ANOVA, marginal gains),
+tables (markdown), plots (Agg figures), pipeline (compute_analysis), compare (two sweeps),
+report (report.md), outputs (analyze: writes everything).
+"""
+
+from harness.analysis.outputs import AnalysisSummary, analyze, summary_dict, write_figures
+from harness.analysis.pipeline import DIVERSITY_CHOICES, Analysis, compute_analysis
+from harness.analysis.report import render_report
+
+__all__ = [
+    "DIVERSITY_CHOICES",
+    "Analysis",
+    "AnalysisSummary",
+    "analyze",
+    "compute_analysis",
+    "render_report",
+    "summary_dict",
+    "write_figures",
+]

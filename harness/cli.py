@@ -1,0 +1,156 @@
+"""The `harness` command: plan | sweep | trial | score | analyze | data.
+
+    harness plan sweeps/smoke.yaml [--set train.steps=50] [--json]
+    harness sweep sweeps/smoke.yaml [--resume] [--address auto]
+    harness trial sweeps/smoke.yaml --index 3          # one trial, no Ray (debugging, GPU checks)
+    harness score BENCH.json RESPONSES.jsonl [--json]
+    harness analyze results/smoke [--compare results/other]
+    harness data show sweeps/smoke.yaml
+
+Bad input (an InputError) prints one clear message and exits 2; nothing is launched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from harness.errors import HarnessError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Diversity x capacity sweeps for e-commerce LLM domain adaptation.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect mixtures and generate training data.")
+app.add_typer(data_app, name="data")
+
+SetOpt = typer.Option(None, "--set", help="Override a field: --set train.steps=50 (repeatable).")
+
+
+def _load(sweep_file: Path, overrides: Optional[list[str]]):
+    from harness.config import load_sweep
+
+    return load_sweep(sweep_file, overrides or [])
+
+
+@app.command()
+def plan(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
+         as_json: bool = typer.Option(False, "--json", help="Machine-readable trial list.")):
+    """Expand a sweep into trials and validate it, without running anything."""
+    from harness.sweep import planned_trials
+
+    spec = _load(sweep_file, set_)
+    trials = planned_trials(spec)
+    if as_json:
+        typer.echo(json.dumps({"trials": [{"trial_id": t.trial_id, "cell_id": t.cell_id,
+                                           "kind": t.kind, "factors": t.factors} for t in trials]},
+                              indent=2))
+        return
+    cells = {t.cell_id for t in trials if t.kind == "trial"}
+    typer.echo(f"sweep {spec.name}: {len(trials)} trial(s) in {len(cells)} cell(s), "
+               f"base model {spec.base_model}, results in {spec.results_dir}/")
+    for i, t in enumerate(trials):
+        typer.echo(f"  [{i:3d}] {t.trial_id}  cell {t.cell_id}  {t.name}")
+
+
+@app.command()
+def sweep(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
+          resume: bool = typer.Option(False, help="Run only trials without a successful record."),
+          address: Optional[str] = typer.Option(None, help="Ray cluster: 'auto' or ray://host:port."),
+          num_cpus: Optional[int] = typer.Option(None, help="CPUs for a local Ray (default: all).")):
+    """Run every trial of a sweep on Ray Tune, then write scores.parquet."""
+    from harness.sweep import run_sweep
+
+    spec = _load(sweep_file, set_)
+    outcome = run_sweep(spec, address=address, resume=resume, num_cpus=num_cpus)
+    typer.echo(f"\nsweep {spec.name}: ran {outcome.ran}, already done {outcome.skipped}, "
+               f"failed {len(outcome.failed)}")
+    typer.echo(f"records: {outcome.results_dir}/trials/   table: {outcome.results_dir}/scores.parquet")
+    typer.echo(f"next: harness analyze {outcome.results_dir}")
+
+
+@app.command()
+def trial(sweep_file: Path, index: int = typer.Option(0, help="Trial index from `harness plan`."),
+          set_: Optional[list[str]] = SetOpt,
+          device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: auto)."),
+          output: Optional[Path] = typer.Option(None, help="Results directory (default: the sweep's).")):
+    """Run one trial of a sweep in this process, without Ray."""
+    from harness.model import resolve_model_path
+    from harness.sweep import planned_trials
+    from harness.trial import run_trial
+
+    spec = _load(sweep_file, set_)
+    trials = planned_trials(spec)
+    if not 0 <= index < len(trials):
+        raise typer.BadParameter(f"--index {index}: the sweep has trials 0..{len(trials) - 1}")
+    resolve_model_path(spec.base_model)
+    record = run_trial(trials[index], output or spec.results_dir, device=device,
+                       wandb_mode=spec.wandb.mode, wandb_project=spec.wandb.project,
+                       wandb_entity=spec.wandb.entity)
+    typer.echo(json.dumps({"trial_id": record.run.trial_id, "status": record.train.status.value,
+                           "reason": record.train.reason,
+                           "overall": {k: v.overall for k, v in record.eval.items()},
+                           "tokens_per_s": record.train.tokens_per_s,
+                           "peak_mem_mb": record.train.peak_mem_mb}, indent=2))
+    if not record.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def score(bench: Path, responses: Path,
+          as_json: bool = typer.Option(False, "--json", help="Print the score document as JSON.")):
+    """Score model responses against a ShopBench-format file with the organisers' metrics."""
+    from harness.evaluate.score_cli import format_report, score_files
+
+    report = score_files(bench, responses)
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+
+
+@app.command()
+def analyze(results_dir: Path,
+            compare: Optional[Path] = typer.Option(None, help="A second sweep's results to compare."),
+            diversity: str = typer.Option("n_domains", help="n_domains, n_subtasks or div_entropy.")):
+    """Write report.md, summary.json and figures/ for a sweep's results."""
+    from harness.analysis import analyze as run_analysis
+
+    summary = run_analysis(results_dir, compare=compare, diversity=diversity)
+    typer.echo(f"report: {results_dir / 'report.md'}")
+    return summary
+
+
+@data_app.command("show")
+def data_show(sweep_file: Path, set_: Optional[list[str]] = SetOpt):
+    """Print each cell's mixture: rows per subtask and diversity measures."""
+    from harness.data import build_eval_sets, build_mixture
+    from harness.config import expand_trials
+
+    spec = _load(sweep_file, set_)
+    eval_sets = build_eval_sets(spec.eval, spec.data.world_seed)
+    seen = set()
+    for t in expand_trials(spec):
+        if t.cell_id in seen:
+            continue
+        seen.add(t.cell_id)
+        mix = build_mixture(t.subtasks, t.volume, t.data, eval_sets)
+        st = mix.stats
+        typer.echo(f"cell {t.cell_id} {t.name.rsplit('-s', 1)[0]}: {len(mix.rows)} rows, "
+                   f"{st.n_domains} domains, {st.n_subtasks} subtasks, entropy {st.entropy_bits:.3f} bits, "
+                   f"contaminated removed {st.contaminated_removed}, fingerprint {mix.fingerprint}")
+        for sub, n in st.examples.items():
+            typer.echo(f"    {sub:32s} {n}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except HarnessError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""How a ShopBench row becomes model text: the prompt, and the answer a model should learn to write.
+
+Training and evaluation both go through `format_prompt`, so a fine-tuned model sees at evaluation
+exactly the prompt layout it was trained on. The answer renderings are what the ShopBench parsers
+read back (DESIGN.md section 5): an option index, comma-separated indices, comma-separated entities,
+or free text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+PromptFormat = Literal["raw", "chat"]
+
+# New-token budgets per task type (generation stops at EOS long before these on a trained model).
+MAX_NEW_TOKENS = {
+    "multiple-choice": 4,
+    "retrieval": 16,
+    "ranking": 20,
+    "named_entity_recognition": 40,
+    "generation": 64,
+}
+
+
+def resolve_format(requested: str, tokenizer: Any) -> PromptFormat:
+    """'auto' means the chat template when the tokenizer has one (instruct models), else raw."""
+    if requested == "auto":
+        return "chat" if getattr(tokenizer, "chat_template", None) else "raw"
+    return requested  # type: ignore[return-value]
+
+
+def format_prompt(input_field: str, tokenizer: Any, fmt: PromptFormat) -> str:
+    if fmt == "chat":
+        messages = [{"role": "user", "content": input_field}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # Raw: the ShopBench prompt as written, then a newline that marks where the answer starts.
+    return input_field.rstrip() + "\n"
+
+
+def render_answer(row: dict[str, Any]) -> str:
+    """The training target for a row, in the form the task type's parser reads."""
+    out, task_type = row["output_field"], row["task_type"]
+    if task_type == "multiple-choice":
+        return str(int(out))
+    if task_type in ("ranking", "retrieval"):
+        return ",".join(str(int(v)) for v in out)
+    if task_type == "named_entity_recognition":
+        return ", ".join(out)
+    if isinstance(out, list):  # generation with several references: learn the first
+        return out[0]
+    return str(out)

@@ -1,0 +1,89 @@
+"""The ShopBench row schema: task types, their metrics, and per-row validation.
+
+Every example, whatever its source (synthetic world, EC-Guide, a CSV, an LLM), is a dict with
+    input_field   str: the prompt
+    output_field  int (multiple-choice), list[int] (ranking, retrieval), list[str] (NER), str (generation)
+    task_type     one of TASK_TYPES
+    metric        one of the metrics its task type allows
+plus optional task_name, track, and our domain, subtask and row_id columns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# task type -> the metrics ShopBench uses with it (first = default)
+TASK_TYPES: dict[str, tuple[str, ...]] = {
+    "multiple-choice": ("accuracy",),
+    "ranking": ("ndcg",),
+    "retrieval": ("hit rate@3",),
+    "named_entity_recognition": ("micro f1",),
+    "generation": ("rougel", "sent-transformer", "multilingual-sent-transformer", "bleu", "jp-bleu"),
+}
+
+METRICS: frozenset[str] = frozenset(m for ms in TASK_TYPES.values() for m in ms)
+
+REQUIRED_FIELDS = ("input_field", "output_field", "task_type", "metric")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _output_problem(task_type: str, output: Any) -> str | None:
+    """Why `output` is the wrong type for `task_type`, or None when it is fine."""
+    if task_type == "multiple-choice":
+        # EC-Guide carries a few answers as digit strings ("2"); ShopBench compares ints.
+        if _is_int(output) or (isinstance(output, str) and output.strip().isdigit()):
+            return None
+        return f"multiple-choice output_field must be an int option index, got {output!r}"
+    if task_type in ("ranking", "retrieval"):
+        if isinstance(output, list) and output and all(_is_int(v) for v in output):
+            return None
+        return f"{task_type} output_field must be a non-empty list of ints, got {output!r}"
+    if task_type == "named_entity_recognition":
+        if isinstance(output, list) and all(isinstance(v, str) for v in output):
+            return None
+        return f"NER output_field must be a list of strings, got {output!r}"
+    if task_type == "generation":
+        if isinstance(output, str) or (isinstance(output, list) and output
+                                       and all(isinstance(v, str) for v in output)):
+            return None
+        return f"generation output_field must be a string (or list of reference strings), got {output!r}"
+    return None
+
+
+def row_problems(row: Any) -> list[str]:
+    """Every problem with one row, as short phrases naming the field; [] when the row is valid."""
+    if not isinstance(row, dict):
+        return [f"row must be a JSON object, got {type(row).__name__}"]
+    problems = [f"missing field {f!r}" for f in REQUIRED_FIELDS if f not in row]
+    if problems:
+        return problems
+    if not isinstance(row["input_field"], str) or not row["input_field"].strip():
+        problems.append("input_field must be a non-empty string")
+    task_type, metric = row["task_type"], row["metric"]
+    if task_type not in TASK_TYPES:
+        from harness.errors import unknown_name_message
+
+        problems.append(unknown_name_message("task_type", str(task_type), TASK_TYPES))
+        return problems
+    if metric not in METRICS:
+        from harness.errors import unknown_name_message
+
+        problems.append(unknown_name_message("metric", str(metric), METRICS))
+    elif metric not in TASK_TYPES[task_type]:
+        problems.append(f"metric {metric!r} does not apply to task_type {task_type!r} "
+                        f"(use one of {', '.join(TASK_TYPES[task_type])})")
+    out_problem = _output_problem(task_type, row["output_field"])
+    if out_problem:
+        problems.append(out_problem)
+    return problems
+
+
+def normalise_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A copy with ShopBench's types made exact (digit-string MC answers become ints)."""
+    row = dict(row)
+    if row["task_type"] == "multiple-choice" and isinstance(row["output_field"], str):
+        row["output_field"] = int(row["output_field"].strip())
+    return row
