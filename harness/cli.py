@@ -101,12 +101,19 @@ def trial(sweep_file: Path, index: int = typer.Option(0, help="Trial index from 
 
 @app.command()
 def score(bench: Path, responses: Path,
-          as_json: bool = typer.Option(False, "--json", help="Print the score document as JSON.")):
+          as_json: bool = typer.Option(False, "--json", help="Print the score document as JSON."),
+          skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed benchmark rows "
+                                        "(each is reported on stderr) instead of stopping.")):
     """Score model responses against a ShopBench-format file with the organisers' metrics."""
     from harness.evaluate.score_cli import format_report, score_files
 
-    report = score_files(bench, responses)
-    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+    report = score_files(bench, responses, skip_bad=skip_bad)
+    if as_json:
+        for message in report.skipped:  # the JSON document keeps its exact shape; skips go to stderr
+            typer.echo(f"skipped: {message}", err=True)
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        typer.echo(format_report(report))
 
 
 @app.command()

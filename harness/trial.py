@@ -54,6 +54,30 @@ def run_trial(spec: TrialSpec, results_dir: Path, *, device: str | None = None,
     return record
 
 
+def inject_fault(spec: TrialSpec, stage: str) -> None:
+    """Deliberate faults for testing the driver's fault handling, from HARNESS_FAULTS.
+
+    HARNESS_FAULTS="kill:<trial-id prefix>,raise:<prefix>,oom:<prefix>": kill SIGKILLs the worker
+    process at the start of training; raise raises; oom raises torch.OutOfMemoryError on the first
+    training attempt only (the retry then succeeds). A NaN loss needs no hook: a huge lr makes one.
+    """
+    faults = os.environ.get("HARNESS_FAULTS", "")
+    for item in filter(None, (f.strip() for f in faults.split(","))):
+        kind, _, prefix = item.partition(":")
+        if not prefix or not spec.trial_id.startswith(prefix) or kind != stage:
+            continue
+        if kind == "kill":
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "raise":
+            raise RuntimeError(f"injected fault (HARNESS_FAULTS={faults})")
+        if kind == "oom":
+            import torch
+
+            raise torch.OutOfMemoryError("injected out-of-memory (HARNESS_FAULTS)")
+
+
 def _execute(spec: TrialSpec, device: str, logger, reporter: Reporter | None) -> TrialRecord:
     import torch
 
@@ -125,6 +149,10 @@ def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, 
     train_spec, retries = spec.train, []
     for attempt in range(2):
         try:
+            inject_fault(spec, "kill")
+            inject_fault(spec, "raise")
+            if attempt == 0:
+                inject_fault(spec, "oom")
             result = train_lora(model, tokenizer, rows, train_spec, seed=spec.seed, fmt=fmt,
                                 device=device, on_log=on_log)
             return model, result, retries

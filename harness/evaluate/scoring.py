@@ -1,0 +1,147 @@
+"""Score raw responses against ShopBench rows: parse, apply each task's metric, aggregate.
+
+    report = score_responses(rows, responses)   # rows: ShopBench dicts; responses: raw strings
+    report.to_dict()    # {"tasks": {...}, "tracks": {...}, "overall": x, "pooled": y}
+
+Rows group into tasks by `task_name`, else `subtask`, else `default_task_name`; a task belongs to
+its rows' `track`, else their `domain`, else "default". A task's score is the mean of its samples
+(NER: pooled micro-F1), a track's the unweighted mean of its tasks, `overall` the mean of the tracks
+(ShopBench's Track 5 when the four tracks are present) and `pooled` the unweighted mean over all
+tasks (what the organisers' local script printed). Per-sample values stay on each TaskScore for
+debugging and bootstraps: resample `sample_values` and call `get_metric(metric).aggregate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.errors import InputError
+from harness.evaluate.metrics import get_metric
+from harness.evaluate.parsers import parse_response
+from harness.tasks.schema import normalise_row, row_problems
+
+DEFAULT_TRACK = "default"
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """One task's score and the per-sample detail behind it."""
+
+    name: str
+    metric: str
+    track: str
+    score: float
+    row_indices: tuple[int, ...]  # positions of this task's rows in the scored sequence
+    predictions: tuple[Any, ...]  # parsed responses
+    sample_values: tuple[Any, ...]  # per-sample metric values (NerCounts for micro f1)
+    sample_scores: tuple[float, ...]  # per-sample floats (for micro f1, each sample's own F1)
+
+    @property
+    def n(self) -> int:
+        return len(self.row_indices)
+
+
+@dataclass(frozen=True)
+class ScoreReport:
+    """Task, track, overall and pooled scores for one set of responses."""
+
+    tasks: dict[str, TaskScore]
+    tracks: dict[str, float]
+    overall: float
+    pooled: float
+    skipped: tuple[str, ...] = ()  # one message per benchmark row left out (read with skip_bad)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `harness score --json` document."""
+        return {
+            "tasks": {name: {"score": t.score, "metric": t.metric, "n": t.n, "track": t.track}
+                      for name, t in self.tasks.items()},
+            "tracks": dict(self.tracks),
+            "overall": self.overall,
+            "pooled": self.pooled,
+        }
+
+
+@dataclass
+class _TaskRows:
+    metric: str
+    track: str
+    indices: list[int] = field(default_factory=list)
+
+
+def score_responses(rows: Sequence[Mapping[str, Any]], responses: Sequence[str], *,
+                    default_task_name: str = "default") -> ScoreReport:
+    """Score `responses[i]` against `rows[i]` for every i; InputError on bad rows or inputs."""
+    rows = _checked_rows(rows)
+    _check_responses(rows, responses)
+    groups = _group_tasks(rows, default_task_name)
+    tasks = {name: _score_task(name, group, rows, responses) for name, group in groups.items()}
+    return _report(tasks)
+
+
+def _checked_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    problems = [f"row {i}: {'; '.join(p)}" for i, row in enumerate(rows, start=1)
+                if (p := row_problems(row))]
+    if problems:
+        raise InputError("cannot score: bad benchmark rows\n  " + "\n  ".join(problems))
+    if not rows:
+        raise InputError("cannot score: no benchmark rows")
+    return [normalise_row(dict(row)) for row in rows]
+
+
+def _check_responses(rows: Sequence[Any], responses: Sequence[str]) -> None:
+    if len(responses) != len(rows):
+        raise InputError(f"cannot score: {len(responses)} responses for {len(rows)} benchmark rows; "
+                         "give exactly one response per row, in row order")
+    bad = [f"response {i}: expected a string, got {type(r).__name__}"
+           for i, r in enumerate(responses, start=1) if not isinstance(r, str)]
+    if bad:
+        raise InputError("cannot score: bad responses\n  " + "\n  ".join(bad))
+
+
+def _group_tasks(rows: list[dict[str, Any]], default_task_name: str) -> dict[str, _TaskRows]:
+    groups: dict[str, _TaskRows] = {}
+    for index, row in enumerate(rows):
+        name = str(row.get("task_name") or row.get("subtask") or default_task_name)
+        track = str(row.get("track") or row.get("domain") or DEFAULT_TRACK)
+        group = groups.setdefault(name, _TaskRows(row["metric"], track))
+        _check_consistent(name, group, row["metric"], track, index)
+        group.indices.append(index)
+    return groups
+
+
+def _check_consistent(name: str, group: _TaskRows, metric: str, track: str, index: int) -> None:
+    if metric != group.metric:
+        raise InputError(f"task {name!r} mixes metrics ({group.metric!r} and {metric!r} at row "
+                         f"{index + 1}); give each metric its own task_name")
+    if track != group.track:
+        raise InputError(f"task {name!r} spans tracks ({group.track!r} and {track!r} at row "
+                         f"{index + 1}); a task belongs to one track")
+
+
+def _score_task(name: str, group: _TaskRows, rows: list[dict[str, Any]],
+                responses: Sequence[str]) -> TaskScore:
+    metric = get_metric(group.metric)
+    predictions = [parse_response(rows[i]["task_type"], responses[i]) for i in group.indices]
+    truths = [rows[i]["output_field"] for i in group.indices]
+    values = metric.score_samples(predictions, truths)
+    return TaskScore(name=name, metric=metric.name, track=group.track,
+                     score=float(metric.aggregate(values)), row_indices=tuple(group.indices),
+                     predictions=tuple(predictions), sample_values=tuple(values),
+                     sample_scores=tuple(metric.sample_score(v) for v in values))
+
+
+def _report(tasks: dict[str, TaskScore]) -> ScoreReport:
+    by_track: dict[str, list[float]] = {}
+    for task in tasks.values():
+        by_track.setdefault(task.track, []).append(task.score)
+    tracks = {track: _mean(scores) for track, scores in by_track.items()}
+    return ScoreReport(tasks=tasks, tracks=tracks, overall=_mean(tracks.values()),
+                       pooled=_mean(t.score for t in tasks.values()))
+
+
+def _mean(values: Any) -> float:
+    values = list(values)
+    return float(sum(values) / len(values))

@@ -1,0 +1,119 @@
+"""Aggregation maths, task and track naming, per-sample detail and input errors of score_responses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.errors import InputError
+from harness.evaluate.metrics import NerCounts, get_metric, sentence_similarity
+from harness.evaluate.scoring import score_responses
+
+
+def mc(truth, **extra):
+    return {"input_field": "Pick one.", "output_field": truth, "task_type": "multiple-choice",
+            "metric": "accuracy", **extra}
+
+
+def retrieval(truth, **extra):
+    return {"input_field": "Pick three.", "output_field": truth, "task_type": "retrieval",
+            "metric": "hit rate@3", **extra}
+
+
+def ner(truth, **extra):
+    return {"input_field": "Extract.", "output_field": truth, "task_type": "named_entity_recognition",
+            "metric": "micro f1", **extra}
+
+
+def test_task_track_overall_and_pooled_maths():
+    rows = [mc(1, task_name="t1", track="A"), mc(2, task_name="t1", track="A"),
+            retrieval([1, 2, 3], task_name="t2", track="A"), mc(0, task_name="t3", track="B")]
+    report = score_responses(rows, ["1", "0", "1, 9, 8", "0"])
+    assert {n: t.score for n, t in report.tasks.items()} == pytest.approx(
+        {"t1": 0.5, "t2": 1 / 3, "t3": 1.0})
+    assert report.tracks == pytest.approx({"A": (0.5 + 1 / 3) / 2, "B": 1.0})
+    assert report.overall == pytest.approx(((0.5 + 1 / 3) / 2 + 1.0) / 2)  # 0.7083: tracks weigh equally
+    assert report.pooled == pytest.approx((0.5 + 1 / 3 + 1.0) / 3)  # 0.6111: tasks weigh equally
+
+
+def test_to_dict_is_exactly_the_json_document():
+    report = score_responses([mc(1, task_name="t1", track="A")], ["1"])
+    document = report.to_dict()
+    assert document == {"tasks": {"t1": {"score": 1.0, "metric": "accuracy", "n": 1, "track": "A"}},
+                        "tracks": {"A": 1.0}, "overall": 1.0, "pooled": 1.0}
+    assert json.loads(json.dumps(document)) == document
+
+
+def test_task_and_track_names_fall_back_in_order():
+    rows = [mc(1, task_name="named", subtask="sub", track="T", domain="D"),
+            mc(1, subtask="sub", domain="D"), mc(1)]
+    report = score_responses(rows, ["1", "1", "1"], default_task_name="bench")
+    assert {n: t.track for n, t in report.tasks.items()} == {"named": "T", "sub": "D", "bench": "default"}
+
+
+def test_ner_task_is_pooled_and_keeps_per_sample_detail():
+    rows = [ner(["a"], task_name="ner"), ner(["b", "c"], task_name="ner")]
+    task = score_responses(rows, ["a, z", "[]"]).tasks["ner"]
+    assert task.sample_values == (NerCounts(1, 1, 0), NerCounts(0, 0, 2))
+    assert task.sample_scores == pytest.approx((2 / 3, 0.0))
+    assert task.score == pytest.approx(0.4)  # pooled, not the 1/3 mean of the samples
+    assert get_metric(task.metric).aggregate(task.sample_values) == task.score  # bootstrap recipe
+
+
+def test_per_sample_detail_maps_back_to_rows():
+    rows = [mc(1, task_name="x"), mc(2, task_name="y"), mc(3, task_name="x")]
+    report = score_responses(rows, ["1", "2", "Answer: 3"])
+    x = report.tasks["x"]
+    assert (x.row_indices, x.predictions, x.sample_scores, x.n) == ((0, 2), (1, -1), (1.0, 0.0), 2)
+
+
+def test_digit_string_truths_are_normalised():
+    assert score_responses([mc("2")], ["2"]).overall == 1.0
+
+
+def test_generation_task_scores_the_batched_similarity(minilm):
+    truths = ["a red running shoe", "a wooden dining table", ["denim jeans", "blue trousers"]]
+    rows = [{"input_field": "Describe.", "output_field": t, "task_type": "generation",
+             "metric": "sent-transformer", "task_name": "gen"} for t in truths]
+    responses = [" red sneakers \n", "a table", "jeans"]
+    expected = sentence_similarity(["red sneakers", "a table", "jeans"], truths, minilm)
+    task = score_responses(rows, responses).tasks["gen"]
+    assert task.sample_scores == pytest.approx(expected)
+    assert task.score == pytest.approx(sum(expected) / 3)
+
+
+def test_a_task_mixing_metrics_is_named():
+    rows = [mc(1, task_name="mixed"), retrieval([1], task_name="mixed")]
+    with pytest.raises(InputError, match="task 'mixed' mixes metrics .* at row 2"):
+        score_responses(rows, ["1", "1"])
+
+
+def test_a_task_spanning_tracks_is_named():
+    with pytest.raises(InputError, match="task 't' spans tracks"):
+        score_responses([mc(1, task_name="t", track="A"), mc(1, task_name="t", track="B")], ["1", "1"])
+
+
+def test_response_count_must_match():
+    with pytest.raises(InputError, match="1 responses for 2 benchmark rows"):
+        score_responses([mc(1), mc(1)], ["1"])
+
+
+def test_responses_must_be_strings():
+    with pytest.raises(InputError, match="response 2: expected a string, got NoneType"):
+        score_responses([mc(1), mc(1)], ["1", None])
+
+
+def test_bad_rows_are_listed_by_number():
+    rows = [mc(1), {"input_field": "x"}, mc(1, metric="acuracy")]
+    with pytest.raises(InputError) as info:
+        score_responses(rows, ["1", "1", "1"])
+    message = str(info.value)
+    assert "row 2: missing field 'output_field'" in message
+    assert "row 3: unknown metric 'acuracy' (did you mean 'accuracy'?)" in message
+    assert "row 1" not in message
+
+
+def test_nothing_to_score():
+    with pytest.raises(InputError, match="no benchmark rows"):
+        score_responses([], [])
