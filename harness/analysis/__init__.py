@@ -13,17 +13,22 @@ tables (markdown), plots (Agg figures), pipeline (compute_analysis), compare (tw
 report (report.md), outputs (analyze: writes everything).
 """
 
+from harness.analysis.load import LoadedSweep, load_sweep, trial_table
 from harness.analysis.outputs import AnalysisSummary, analyze, summary_dict, write_figures
 from harness.analysis.pipeline import DIVERSITY_CHOICES, Analysis, compute_analysis
-from harness.analysis.report import render_report
+from harness.analysis.report import interaction_sentence, render_report
 
 __all__ = [
     "DIVERSITY_CHOICES",
     "Analysis",
     "AnalysisSummary",
+    "LoadedSweep",
     "analyze",
     "compute_analysis",
+    "interaction_sentence",
+    "load_sweep",
     "render_report",
     "summary_dict",
+    "trial_table",
     "write_figures",
 ]

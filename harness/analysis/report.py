@@ -1,0 +1,238 @@
+"""report.md: the analysis as a document someone can read without the code or the notebook.
+
+Sections, in order: warnings (first, so they are not missed), what was run, base model vs trained,
+the interaction, marginal gains, the paper-style tables, per-track and per-task breakdowns, training
+curves, failed trials, and the comparison with another sweep when asked for.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pandas as pd
+
+from harness.analysis import tables
+from harness.analysis.compare import comparison_markdown
+from harness.analysis.pipeline import Analysis
+from harness.analysis.stats import ALPHA
+from harness.analysis.tables import DASH, fmt, fmt_ci, fmt_level, fmt_p, markdown_table
+
+
+def render_report(a: Analysis, figures: dict[str, str] | None = None,
+                  other: Analysis | None = None) -> str:
+    """The whole report as markdown; figures maps a figure name to its path relative to it."""
+    figures = figures or {}
+    parts = [
+        f"# Diversity x capacity analysis: `{a.sweep}`",
+        _warnings(a), _what_was_run(a), _versus_baseline(a), _interaction(a, figures),
+        _gains(a), _ablations(a), _breakdowns(a, figures), _curves(figures), _failed(a),
+    ]
+    if other is not None:
+        parts.append(f"## Comparison with `{other.sweep}`\n\n{comparison_markdown(a, other)}")
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _figure(figures: dict[str, str], name: str, caption: str) -> str:
+    return f"![{caption}]({figures[name]})" if name in figures else ""
+
+
+def _warnings(a: Analysis) -> str:
+    if not a.warnings:
+        return ""
+    return "## Warnings\n\n" + "\n".join(f"- {w}" for w in a.warnings)
+
+
+def _what_was_run(a: Analysis) -> str:
+    loaded = a.loaded
+    status = Counter(r.train.status.value for r in loaded.trials)
+    cells = {r.run.cell_id for r in loaded.trials}
+    per_cell = Counter(r.run.cell_id for r in loaded.successful)
+    seeds = sorted({r.run.factors.get("seed") for r in loaded.trials}, key=_sort_key)
+    sets = ", ".join(f"`{n}`" for n in a.versus_baseline.get("eval_set", []))
+    lines = [
+        "## What was run", "",
+        f"- Sweep `{a.sweep}` from `{loaded.results_dir}`"
+        + (f", base model `{_base_model(a)}`" if _base_model(a) else ""),
+        f"- Trials: {len(loaded.trials)} "
+        f"({', '.join(f'{n} {s}' for s, n in sorted(status.items()))}); "
+        f"baseline records: {len(loaded.baselines)}",
+        f"- Cells: {len(cells)}; seeds: {', '.join(map(str, seeds)) or DASH}; "
+        f"successful seeds per cell: {_span([per_cell[c] for c in cells])}",
+        f"- Analysed: eval set `{a.eval_set}`, diversity `{a.diversity}`, capacity "
+        f"`{a.fit.capacity}`; score = overall (mean of track scores)",
+        f"- Eval sets in the records: {sets or DASH} (pick one with `eval_set=`)",
+    ]
+    lines += [f"- {name}: {levels}" for name, levels in _factor_levels(a.trials)]
+    return "\n".join(lines)
+
+
+def _base_model(a: Analysis) -> str | None:
+    """From sweep.yaml, else from any record's meta (trials record the model they loaded)."""
+    if a.loaded.spec.get("base_model"):
+        return str(a.loaded.spec["base_model"])
+    found = {r.meta.get("base_model") for r in a.loaded.trials + a.loaded.baselines}
+    found.discard(None)
+    return ", ".join(sorted(map(str, found))) or None
+
+
+def _span(values) -> str:
+    values = list(values)
+    if not values:
+        return DASH
+    return str(min(values)) if min(values) == max(values) else f"{min(values)}–{max(values)}"
+
+
+def _factor_levels(trials: pd.DataFrame) -> list[tuple[str, str]]:
+    # subtasks lists are long; n_subtasks says enough
+    names = ["domains", "n_domains", "n_subtasks", "volume", "lora_rank", "lora_alpha"]
+    return [(n, ", ".join(map(fmt_level, sorted(trials[n].unique(), key=_sort_key))))
+            for n in names if n in trials.columns]
+
+
+def _sort_key(value) -> tuple:
+    # Numbers first in numeric order, then everything else (lists joined by "+", None) by length.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, len(str(value)), str(value))
+
+
+def _versus_baseline(a: Analysis) -> str:
+    head = "## Base model vs trained\n\n"
+    if a.versus_baseline.empty:
+        return head + "_No scores on any eval set._"
+    rows = [[r.eval_set, fmt(r.get("baseline")), str(r.trials),
+             fmt_ci(r.get("mean"), r.get("ci_low"), r.get("ci_high"), r.trials),
+             str(r.get("best_cell", DASH)),
+             fmt_ci(r.get("best_mean"), r.get("best_ci_low"), r.get("best_ci_high")),
+             _above(r)] for _, r in a.versus_baseline.iterrows()]
+    headers = ["eval set", "base model", "trials", "trained mean [95% CI]", "best cell",
+               "best cell mean", "cells above base"]
+    return head + markdown_table(headers, rows) + "\n\n" + _versus_sentence(a)
+
+
+def _above(row: pd.Series) -> str:
+    above = row.get("cells_above")
+    return DASH if above is None or pd.isna(above) else f"{int(above)} of {int(row.cells)}"
+
+
+def _versus_sentence(a: Analysis) -> str:
+    rows = a.versus_baseline[a.versus_baseline.eval_set == a.eval_set]
+    if rows.empty or a.baseline_score is None or a.trials.empty:
+        return "No verdict: a baseline record and successful trials are both needed."
+    r = rows.iloc[0]
+    verdict = "beats" if r.cells_above == r.cells else (
+        "partly beats" if r.cells_above else "does not clearly beat")
+    return (f"On `{a.eval_set}`, training {verdict} the base model: {int(r.cells_above)} of "
+            f"{int(r.cells)} cells lie above the base score {r.baseline:.3f} (whole 95% CI above, "
+            f"or the mean where a cell has one seed); the trained mean is {r['mean']:.3f}.")
+
+
+def _interaction(a: Analysis, figures: dict[str, str]) -> str:
+    lines = ["## Interaction: does diversity help more at higher capacity?", "",
+             interaction_sentence(a)]
+    if a.fit.estimable:
+        lines += ["", "Type II ANOVA:", "", _anova_table(a.fit.anova), "",
+                  "Coefficients:", "", _params_table(a.fit.params)]
+    lines += ["", _figure(figures, "interaction", "Interaction plot"),
+              "", _figure(figures, "heatmap", "Cell means heatmap")]
+    return "\n".join(lines).rstrip()
+
+
+def interaction_sentence(a: Analysis) -> str:
+    """The interaction estimate in one plain sentence, with what it does and does not show."""
+    fit = a.fit
+    if not fit.estimable:
+        return f"The interaction could not be estimated: {fit.reason}."
+    unit = "doubling of " + a.capacity if a.log2_capacity else "unit of " + a.capacity
+    level = int(round((1 - ALPHA) * 100))
+    head = (f"The score gain from one more unit of `{a.diversity}` changes by {fit.estimate:+.4f} "
+            f"with every {unit} (interaction {fit.estimate:+.4f}, {level}% CI [{fit.ci_low:+.4f}, "
+            f"{fit.ci_high:+.4f}], p = {fit.p_value:.3g}, {fit.n_obs} trials, "
+            f"model `score ~ {a.diversity} * {fit.capacity}`).")
+    if not fit.excludes_zero:
+        return head + (" The CI covers zero: this sweep gives no evidence that the effect of "
+                       "diversity depends on capacity (which is not evidence that it does not).")
+    direction = "more" if fit.estimate > 0 else "less"
+    return head + f" The CI excludes zero: here diversity helps {direction} at higher capacity."
+
+
+def _anova_table(anova: pd.DataFrame) -> str:
+    frame = anova.reset_index(names="term").rename(columns={"PR(>F)": "p"})
+    return tables.frame_table(frame, {"df": fmt_level, "sum_sq": lambda v: fmt(v, 5),
+                                      "F": lambda v: fmt(v, 2), "p": fmt_p})
+
+
+def _params_table(params: pd.DataFrame) -> str:
+    return tables.frame_table(params.reset_index(names="term"),
+                              {c: lambda v: fmt(v, 4) for c in ("coef", "se", "ci_low", "ci_high")}
+                              | {"p_value": fmt_p})
+
+
+def _gains(a: Analysis) -> str:
+    head = f"## Marginal gain per added `{a.diversity}` level\n\n"
+    if a.gains.empty:
+        return head + "_Needs at least two diversity levels._"
+    rows = [[tables.level_label(a.capacity, g[a.capacity]),
+             f"{fmt_level(g['from'])} → {fmt_level(g['to'])}",
+             fmt_ci(g.gain, g.ci_low, g.ci_high), f"{int(g.n_from)} / {int(g.n_to)}"]
+            for _, g in a.gains.iterrows()]
+    body = markdown_table([a.capacity, "step", "gain [95% Welch CI]", "n (from / to)"], rows)
+    return head + "Difference of consecutive levels' mean scores at each capacity.\n\n" + body
+
+
+def _ablations(a: Analysis) -> str:
+    base = a.baseline_score
+    base_tracks = {"overall": base} if base is not None else None
+    if base_tracks is not None and not a.baseline_tracks.empty:
+        means = a.baseline_tracks.groupby("track")["score"].mean()
+        base_tracks.update({f"track {t}": v for t, v in means.items()})
+    note = ("Mean overall score [95% t-CI over seeds] per cell; each row pools any other factor "
+            "the sweep varied.")
+    return "\n\n".join([
+        "## Capability ablation (domains added)", note,
+        tables.capability_table(a.trials, a.capacity, base),
+        "## Task ablation (subtasks)", tables.task_ablation_table(a.trials, a.capacity, base),
+        "## LoRA rank" if a.capacity == "lora_rank" else f"## Capacity: `{a.capacity}`",
+        tables.rank_table(a.trials, a.tracks, a.capacity, base_tracks),
+    ])
+
+
+def _breakdowns(a: Analysis, figures: dict[str, str]) -> str:
+    if a.tracks.empty:
+        return "## Per-track breakdown\n\n_No track scores._"
+    fits = [[t, fmt_ci(f.estimate, f.ci_low, f.ci_high) if f.estimable else DASH,
+             fmt_p(f.p_value) if f.estimable else (f.reason or "")]
+            for t, f in a.track_fits.items()]
+    return "\n\n".join(p for p in [
+        "## Per-track breakdown",
+        tables.ablation_table(a.tracks, ["track", a.diversity], a.capacity),
+        "Interaction estimate per track:",
+        markdown_table(["track", "interaction [95% CI]", "p"], fits),
+        _figure(figures, "tracks", "Per-track interaction panels"),
+        "## Per-task breakdown",
+        tables.task_breakdown_table(a.tasks, a.baseline_tasks, a.diversity),
+    ] if p)
+
+
+def _curves(figures: dict[str, str]) -> str:
+    if "training_curves" not in figures:
+        return "## Training curves\n\n_No loss curves in the records._"
+    return "## Training curves\n\n" + _figure(figures, "training_curves", "Training loss curves")
+
+
+def _clip(text: str, limit: int = 240) -> str:
+    """Tracebacks belong in the record; the report keeps a readable first part of the reason."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _failed(a: Analysis) -> str:
+    head = "## Failed trials\n\n"
+    if a.failed.empty:
+        return head + "None."
+    keys = [k for k in ("domains", "n_subtasks", "volume", "lora_rank", "seed")
+            if k in a.failed.columns]
+    rows = [[f"`{r.trial_id}`", r.status, ", ".join(f"{k}={r[k]}" for k in keys),
+             _clip(r.reason)]
+            for _, r in a.failed.iterrows()]
+    return head + markdown_table(["trial", "status", "factors", "reason"], rows)

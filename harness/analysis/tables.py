@@ -1,0 +1,152 @@
+"""Paper-style markdown tables: capability ablation, task ablation, LoRA rank, breakdowns.
+
+Each builder takes the per-trial table (one row per successful trial, overall score in `score`) and
+returns markdown, so the report and the notebook print the same thing. Every mean carries its 95%
+t-interval over seeds, or says that it has none.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from harness.analysis.stats import cell_means, mean_ci
+
+DASH = "—"
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """A number for a table; blanks (None, nan) become a dash."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return DASH
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def fmt_level(x: Any) -> str:
+    """A factor level: 4.0 -> '4' (pandas turns int levels into floats in mixed rows)."""
+    if isinstance(x, float) and x.is_integer():
+        return str(int(x))
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def fmt_p(p: Any) -> str:
+    """A p-value: three significant digits, so 4.7e-20 does not print as 0.000."""
+    return DASH if p is None or (isinstance(p, float) and math.isnan(p)) else f"{p:.3g}"
+
+
+def fmt_ci(mean: float, low: float, high: float, n: int | None = None) -> str:
+    """'0.712 [0.701, 0.723]', or '0.712 (n=1, no CI)' when there is no variance to go on."""
+    if mean is None or math.isnan(mean):
+        return DASH
+    if math.isnan(low):
+        return f"{mean:.3f} (n={n}, no CI)" if n is not None else f"{mean:.3f} (no CI)"
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table; cells are formatted with fmt unless already strings."""
+    def cell(c: Any) -> str:
+        text = c if isinstance(c, str) else fmt(c)
+        return text.replace("|", "\\|").replace("\n", " ")  # a reason may hold either
+
+    def line(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join(cell(c) for c in cells) + " |"
+
+    out = [line(headers), "| " + " | ".join("---" for _ in headers) + " |"]
+    out.extend(line(row) for row in rows)
+    return "\n".join(out)
+
+
+def level_label(name: str, value: Any) -> str:
+    """Column label for a capacity level: 'r=16' for LoRA rank, else 'name=value'."""
+    return f"r={fmt_level(value)}" if name == "lora_rank" else f"{name}={fmt_level(value)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablation tables: one row per level of a factor, one column per capacity level, plus "all"
+
+
+def ablation_table(trials: pd.DataFrame, row_keys: list[str], capacity: str,
+                   baseline: float | None = None) -> str:
+    """Rows = distinct values of row_keys; columns = capacity levels, then all capacities pooled."""
+    if trials.empty:
+        return "_No successful trials._"
+    levels = sorted(trials[capacity].unique())
+    cells = cell_means(trials, [*row_keys, capacity]).set_index([*row_keys, capacity])
+    pooled = cell_means(trials, row_keys).set_index(row_keys)
+    headers = [*row_keys, *(level_label(capacity, v) for v in levels), "all"]
+    rows = []
+    if baseline is not None:
+        rows.append(["base model (no LoRA)", *[""] * (len(row_keys) - 1),
+                     *[DASH] * len(levels), fmt(baseline)])
+    for key, row in pooled.iterrows():
+        key = key if isinstance(key, tuple) else (key,)
+        per_cap = [_cell_text(cells, (*key, v)) for v in levels]
+        rows.append([*key, *per_cap, fmt_ci(row["mean"], row.ci_low, row.ci_high, row.n)])
+    return markdown_table(headers, rows)
+
+
+def _cell_text(cells: pd.DataFrame, key: tuple) -> str:
+    if key not in cells.index:
+        return DASH
+    row = cells.loc[key]
+    return fmt_ci(row["mean"], row.ci_low, row.ci_high, int(row.n))
+
+
+def capability_table(trials: pd.DataFrame, capacity: str, baseline: float | None) -> str:
+    """Capability ablation: rows as whole domains are added (ordered by n_domains)."""
+    keys = [k for k in ("n_domains", "domains") if k in trials.columns]
+    return ablation_table(trials, keys or ["cell_id"], capacity, baseline)
+
+
+def task_ablation_table(trials: pd.DataFrame, capacity: str, baseline: float | None) -> str:
+    """Task ablation: rows by the number of subtasks trained on."""
+    keys = [k for k in ("n_subtasks",) if k in trials.columns]
+    return ablation_table(trials, keys or ["cell_id"], capacity, baseline)
+
+
+def rank_table(trials: pd.DataFrame, tracks: pd.DataFrame, capacity: str,
+               baseline: dict[str, float] | None) -> str:
+    """LoRA rank table: overall mean [CI] per capacity level, and each track's mean."""
+    if trials.empty:
+        return "_No successful trials._"
+    track_names = sorted(tracks["track"].unique()) if not tracks.empty else []
+    headers = [capacity, "trials", "overall", *(f"track {t}" for t in track_names)]
+    rows = []
+    if baseline:
+        rows.append(["base model (no LoRA)", "", fmt(baseline.get("overall")),
+                     *(fmt(baseline.get(f"track {t}")) for t in track_names)])
+    for level, group in trials.groupby(capacity, sort=True):
+        mean, low, high = mean_ci(group["score"])
+        by_track = tracks[tracks[capacity] == level].groupby("track")["score"].mean()
+        rows.append([level_label(capacity, level), len(group), fmt_ci(mean, low, high, len(group)),
+                     *(fmt(by_track.get(t)) for t in track_names)])
+    return markdown_table(headers, rows)
+
+
+def frame_table(frame: pd.DataFrame, formats: dict[str, Any] | None = None) -> str:
+    """Any small DataFrame as markdown (ANOVA, coefficients); formats maps column -> formatter."""
+    formats = formats or {}
+    rows = [[formats.get(c, fmt)(v) for c, v in zip(frame.columns, row)]
+            for row in frame.itertuples(index=False)]
+    return markdown_table([str(c) for c in frame.columns], rows)
+
+
+def task_breakdown_table(tasks: pd.DataFrame, baseline_tasks: pd.DataFrame, diversity: str) -> str:
+    """Per task: the base model, then the mean over trials per diversity level (all capacities)."""
+    if tasks.empty:
+        return "_No task scores._"
+    levels = sorted(tasks[diversity].unique())
+    means = tasks.groupby(["task", diversity])["score"].mean()
+    base = (baseline_tasks.groupby("task")["score"].mean() if not baseline_tasks.empty
+            else pd.Series(dtype=float))
+    meta = tasks.drop_duplicates("task").set_index("task").sort_values(["track", "task"])
+    headers = ["task", "track", "metric", "base", *(f"{diversity}={v}" for v in levels)]
+    rows = [[task, str(m.track), str(m.metric), fmt(base.get(task)),
+             *(fmt(means.get((task, v))) for v in levels)] for task, m in meta.iterrows()]
+    return markdown_table(headers, rows)
