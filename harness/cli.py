@@ -150,6 +150,15 @@ def data_show(sweep_file: Path, set_: Optional[list[str]] = SetOpt):
             typer.echo(f"    {sub:32s} {n}")
 
 
+@data_app.command("generate")
+def data_generate(spec_file: Path, set_: Optional[list[str]] = SetOpt,
+                  as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")):
+    """Generate training rows for a subtask with an LLM (resumable; see harness.tasks.generate)."""
+    from harness.tasks.generate import generate_main
+
+    raise typer.Exit(generate_main(spec_file, set_ or [], as_json=as_json))
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

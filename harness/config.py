@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness.errors import InputError, did_you_mean
+from harness.tasks.sources import SourceSpec
 
 SYNTHETIC_SOURCE = "builtin:synthetic"
 SYNTHETIC_HELDOUT = "builtin:synthetic-heldout"
@@ -34,23 +35,9 @@ class Spec(BaseModel):
 # Spec blocks
 
 
-class SourceRef(Spec):
-    """A real data source mapped onto one domain and subtask (readers live in harness.tasks.sources)."""
-
-    kind: Literal["shopbench", "mmlu_csv", "ecinstruct", "hf"] = "shopbench"
-    path: str  # file, directory, or Hugging Face dataset id (kind: hf)
-    domain: str
-    subtask: str  # the name trials use for these rows
-    task_type: str | None = None  # override (CSV/ECInstruct/HF sources)
-    metric: str | None = None
-    split: str | None = None  # HF split
-    fields: dict[str, str] = Field(default_factory=dict)  # column mapping for ecinstruct/hf
-    skip_bad: bool = False  # skip malformed rows (counted in the record) instead of stopping
-    limit: int | None = Field(default=None, ge=1)
-
-
 class DataSpec(Spec):
-    sources: list[Union[Literal["builtin:synthetic"], SourceRef]] = Field(
+    # builtin:synthetic and/or real sources mapped to a domain and subtask (harness.tasks.sources)
+    sources: list[Union[Literal["builtin:synthetic"], SourceSpec]] = Field(
         default_factory=lambda: [SYNTHETIC_SOURCE]
     )
     per_subtask: int = Field(default=200, ge=1)  # training rows per subtask (volume when the grid has none)
@@ -237,7 +224,7 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         elif isinstance(part, str) and (part.startswith(("literal[", "list[", "function-")) or
-                                        part in ("DomainAxis", "SourceRef", "EvalSetRef", "str", "float", "int")):
+                                        part in ("DomainAxis", "SourceSpec", "EvalSetRef", "str", "float", "int")):
             continue  # pydantic's union-branch tags add noise, not location
         else:
             out += f".{part}" if out else str(part)
@@ -247,7 +234,9 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
 def _pydantic_problems(exc: ValidationError) -> list[str]:
     seen, problems = set(), []
     for err in exc.errors():
-        loc, msg = _format_loc(err["loc"]), err["msg"]
+        if err["type"] == "literal_error" and isinstance(err.get("input"), dict):
+            continue  # a mapping was given, so the union's string branch is not what was meant
+        loc, msg = _format_loc(err["loc"]), err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key" + _suggest_key(err["loc"])
         line = f"{loc}: {msg}"
@@ -362,10 +351,6 @@ def semantic_problems(spec: SweepSpec) -> list[str]:
     problems: list[str] = []
     domains = [d.id for d in registry.all_domains()]
     subtasks = available_subtasks(spec)
-    for i, src in enumerate(spec.data.sources):
-        if src != SYNTHETIC_SOURCE and src.domain not in domains:
-            problems.append(f"data.sources[{i}].domain: unknown domain {src.domain!r}"
-                            f"{did_you_mean(src.domain, domains)}; known: {', '.join(domains)}")
     grid = spec.grid
     if grid.domains is not None and grid.subtasks is not None:
         problems.append("grid: give domains or subtasks, not both (subtask sets imply their domains)")

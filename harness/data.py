@@ -56,11 +56,9 @@ def normalise_text(text: str) -> str:
 
 @lru_cache(maxsize=8)
 def _real_source(src_json: str):
-    from harness.config import SourceRef
     from harness.tasks.sources import SourceSpec, load_source
 
-    ref = SourceRef.model_validate_json(src_json)
-    return load_source(SourceSpec.model_validate(ref.model_dump()))
+    return load_source(SourceSpec.model_validate_json(src_json))
 
 
 def _pool(subtask: str, n: int, data: DataSpec) -> tuple[list[dict[str, Any]], str, dict[str, int]]:

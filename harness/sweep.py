@@ -25,6 +25,10 @@ from harness.trial import failed_record_for, run_trial, trial_dir
 
 log = logging.getLogger(__name__)
 
+# Settings the driver's environment passes on to trials (fault injection, W&B mode, caches).
+FORWARDED_ENV = ("HARNESS_FAULTS", "HARNESS_CACHE_DIR", "WANDB_MODE", "HF_HUB_OFFLINE",
+                 "HARNESS_MINILM_MODEL", "HARNESS_MULTILINGUAL_ST_MODEL")
+
 
 @dataclass
 class SweepOutcome:
@@ -105,6 +109,7 @@ def _trainable(config: dict[str, Any]) -> None:
 
     spec = TrialSpec.model_validate(config["trial"])
     torch.set_num_threads(max(int(config["threads"]), 1))
+    os.environ.update(config["env"])  # workers may predate the driver's environment
 
     def report(metrics: dict[str, Any]) -> None:
         tune.report({**metrics, "done": False})
@@ -156,6 +161,7 @@ def _run_tuner(spec: SweepSpec, todo: list[TrialSpec], resources: dict[str, floa
         "results_dir": str(results_dir),
         "threads": max(int(resources["cpu"]), 1),
         "wandb": spec.wandb.model_dump(),
+        "env": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
     }
     tuner = tune.Tuner(
         trainable,
