@@ -40,20 +40,30 @@ def _load(sweep_file: Path, overrides: Optional[list[str]]):
 def plan(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
          as_json: bool = typer.Option(False, "--json", help="Machine-readable trial list.")):
     """Expand a sweep into trials and validate it, without running anything."""
+    from harness.planning import format_bytes_params, plan_summary
     from harness.sweep import planned_trials
 
     spec = _load(sweep_file, set_)
     trials = planned_trials(spec)
+    summary = plan_summary(spec, trials)
     if as_json:
         typer.echo(json.dumps({"trials": [{"trial_id": t.trial_id, "cell_id": t.cell_id,
-                                           "kind": t.kind, "factors": t.factors} for t in trials]},
-                              indent=2))
+                                           "kind": t.kind, "factors": t.factors} for t in trials],
+                               "summary": summary}, indent=2))
         return
-    cells = {t.cell_id for t in trials if t.kind == "trial"}
-    typer.echo(f"sweep {spec.name}: {len(trials)} trial(s) in {len(cells)} cell(s), "
-               f"base model {spec.base_model}, results in {spec.results_dir}/")
+    typer.echo(f"sweep {spec.name}: {summary['trials']} trial(s) in {summary['cells']} cell(s) x "
+               f"{summary['seeds_per_cell']} seed(s), base model {spec.base_model}, "
+               f"results in {spec.results_dir}/")
     for i, t in enumerate(trials):
         typer.echo(f"  [{i:3d}] {t.trial_id}  cell {t.cell_id}  {t.name}")
+    if "base_params" in summary:
+        lora = ", ".join(f"r{r}: {format_bytes_params(n)}" for r, n in summary["lora_params"].items())
+        typer.echo(f"estimates ({summary['device']}): base {format_bytes_params(summary['base_params'])} "
+                   f"params; LoRA {lora}; ~{summary['gpu_memory_gib_per_trial']} GiB GPU memory per "
+                   f"trial; ~{summary['trial_seconds']} s per trial; {summary['serial_hours']} h serial; "
+                   f"{summary['gpu_hours']} GPU-h")
+    for warning in summary["warnings"]:
+        typer.echo(f"warning: {warning}")
 
 
 @app.command()

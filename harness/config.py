@@ -112,6 +112,7 @@ class ResourceSpec(Spec):
     cpu: float = Field(default=1, gt=0)  # CPUs per trial (also torch threads)
     gpu: Union[float, Literal["auto"]] = "auto"  # per trial: a fraction packs trials on one GPU; auto: 1 if any
     max_concurrent: int | None = Field(default=None, ge=1)
+    gpu_memory_gib: float | None = Field(default=None, gt=0)  # declared GPU size: plan warns past it
 
 
 class WandbSpec(Spec):
