@@ -61,17 +61,25 @@ def _real_source(src_json: str):
     return load_source(SourceSpec.model_validate_json(src_json))
 
 
-def _pool(subtask: str, n: int, data: DataSpec) -> tuple[list[dict[str, Any]], str, dict[str, int]]:
-    """Up to n training rows of one subtask, a fingerprint of where they came from, skipped counts."""
+def _pool(subtask: str, n: int, data: DataSpec, banned: set[str]):
+    """Up to n clean training rows of one subtask (rows matching an evaluation input dropped), the
+    number dropped, a fingerprint of where the rows came from, and skipped bad rows per file."""
     for src in data.sources:
         if src != SYNTHETIC_SOURCE and src.subtask == subtask:
             loaded = _real_source(src.model_dump_json())
+            clean = [r for r in loaded.rows if normalise_text(r["input_field"]) not in banned]
             skipped = {src.path: loaded.skipped} if loaded.skipped else {}
-            return list(loaded.rows), loaded.fingerprint, skipped
+            return clean, len(loaded.rows) - len(clean), loaded.fingerprint, skipped
     from harness.tasks import synthetic
 
-    rows = synthetic.generate_rows(subtask, "train", n, seed=data.world_seed)
-    return rows, f"synthetic:{data.world_seed}", {}
+    # The world is prefix-stable: ask for more rows until n survive the contamination filter.
+    want = n
+    while True:
+        rows = synthetic.generate_rows(subtask, "train", want, seed=data.world_seed)
+        clean = [r for r in rows if normalise_text(r["input_field"]) not in banned]
+        if len(clean) >= n:
+            return clean[:n], want - n, f"synthetic:{data.world_seed}", {}
+        want += n - len(clean)
 
 
 def _budgets(subtasks: list[str], volume: int, mode: str) -> dict[str, int]:
@@ -101,9 +109,8 @@ def build_mixture(subtasks: list[str], volume: int, data: DataSpec,
     rng = random.Random(data.mixture_seed)
     rows, sources, skipped, removed = [], {}, {}, 0
     for sub in subtasks:
-        pool, source_fp, sub_skipped = _pool(sub, budgets[sub], data)
-        clean = [r for r in pool if normalise_text(r["input_field"]) not in banned]
-        removed += len(pool) - len(clean)
+        clean, dropped, source_fp, sub_skipped = _pool(sub, budgets[sub], data, banned)
+        removed += dropped
         picked = _take(clean, budgets[sub], rng, data.mode == "homogeneous", sub)
         rows += [{**r, "subtask": r.get("subtask", sub)} for r in picked]
         sources[sub] = source_fp
