@@ -73,6 +73,7 @@ class TrainSpec(Spec):
     micro_batch: int = Field(default=16, ge=1)  # sequences per forward pass
     grad_accum: int = Field(default=1, ge=1)  # micro-batches per optimiser step
     max_seq_len: int = Field(default=256, ge=16)  # tokens; longer examples are truncated from the left
+    packing: bool = True  # a micro-batch is one padding-free row; samples never attend across boundaries
     warmup_steps: int = Field(default=10, ge=0)
     weight_decay: float = Field(default=0.0, ge=0)
     log_every: int = Field(default=10, ge=1)  # steps between loss reports

@@ -68,15 +68,39 @@ def encode_example(row: dict[str, Any], tokenizer: Any, fmt: PromptFormat, max_l
     return Example(ids, labels, row.get("subtask", ""))
 
 
-def make_batches(examples: list[Example], micro_batch: int, seed: int, pad_id: int):
-    """Endless shuffled batches; rows of similar length are batched together to limit padding."""
+def make_batches(examples: list[Example], micro_batch: int, seed: int, pad_id: int, packing: bool):
+    """Endless shuffled micro-batches of `micro_batch` examples.
+
+    Packed: each micro-batch is one row with no padding at all (see collate_packed). Padded: rows of
+    similar length are batched together to limit the padding.
+    """
     rng = random.Random(seed)
     while True:
-        order = sorted(range(len(examples)), key=lambda i: (len(examples[i].input_ids), rng.random()))
+        if packing:
+            order = list(range(len(examples)))
+            rng.shuffle(order)
+        else:
+            order = sorted(range(len(examples)), key=lambda i: (len(examples[i].input_ids), rng.random()))
         chunks = [order[i : i + micro_batch] for i in range(0, len(order), micro_batch)]
         rng.shuffle(chunks)
         for chunk in chunks:
-            yield collate([examples[i] for i in chunk], pad_id)
+            batch = [examples[i] for i in chunk]
+            yield collate_packed(batch) if packing else collate(batch, pad_id)
+
+
+def collate_packed(batch: list[Example]) -> dict[str, torch.Tensor]:
+    """All examples concatenated into one row, position ids restarting at 0 for each example.
+
+    With no attention_mask, transformers reads the restarts as sequence boundaries and builds a
+    block-diagonal causal mask (SDPA/eager) or varlen attention (flash-attention), so no token
+    attends across examples. No label crosses a boundary either: each example starts with prompt
+    tokens, which are labelled -100.
+    """
+    ids = [t for e in batch for t in e.input_ids]
+    labels = [t for e in batch for t in e.labels]
+    positions = [p for e in batch for p in range(len(e.input_ids))]
+    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+            "position_ids": torch.tensor([positions])}
 
 
 def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
@@ -121,7 +145,7 @@ def train_lora(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: Tra
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(spec))
-    batches = make_batches(examples, spec.micro_batch, seed, tokenizer.pad_token_id)
+    batches = make_batches(examples, spec.micro_batch, seed, tokenizer.pad_token_id, spec.packing)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     model.train()
@@ -155,10 +179,10 @@ def _optimizer_step(model: Any, batches, grad_accum: int, device: str) -> tuple[
     total_loss, tokens, supervised = 0.0, 0, 0
     for _ in range(grad_accum):
         batch = {k: v.to(device) for k, v in next(batches).items()}
-        loss = model(**batch).loss / grad_accum
+        loss = model(**batch, use_cache=False).loss / grad_accum
         loss.backward()
         total_loss += loss.item()
-        tokens += int(batch["attention_mask"].sum())
+        tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
         supervised += int((batch["labels"] != IGNORE_INDEX).sum())
     return total_loss, tokens, supervised
 
@@ -188,6 +212,6 @@ def eval_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: Trai
         batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size],
                                                      tokenizer.pad_token_id).items()}
         n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        total += model(**batch).loss.item() * n
+        total += model(**batch, use_cache=False).loss.item() * n
         count += n
     return total / max(count, 1)
