@@ -73,7 +73,10 @@ class TrainSpec(Spec):
     micro_batch: int = Field(default=16, ge=1)  # sequences per forward pass
     grad_accum: int = Field(default=1, ge=1)  # micro-batches per optimiser step
     max_seq_len: int = Field(default=256, ge=16)  # tokens; longer examples are truncated from the left
-    packing: bool = True  # a micro-batch is one padding-free row; samples never attend across boundaries
+    # Pack each micro-batch into one padding-free row (samples never attend across boundaries). Pays
+    # with flash-attention's varlen kernels; with SDPA's dense block mask, attention grows with the
+    # square of the packed row, which made it slower than padding for builtin:tiny on the CPU.
+    packing: bool = False
     warmup_steps: int = Field(default=10, ge=0)
     weight_decay: float = Field(default=0.0, ge=0)
     log_every: int = Field(default=10, ge=1)  # steps between loss reports
