@@ -1,49 +1,214 @@
 """Inference backends: batched greedy generation with left padding, and a multiple-choice fast path.
 
     responses = generate_responses(model, tokenizer, rows, fmt="raw", batch_size=64, device="cpu")
+    responses = generate_responses(..., mc_logits=True)   # multiple-choice rows from one forward pass
 
 Rows are grouped by task type (each has its own new-token budget) and sorted by prompt length
 within a group, so a batch pads little and stops early. Responses come back in the rows' order.
+Prompts longer than the budget are cut from the left: the question's tail (options, "Answer:") is
+what the answer depends on, and training truncates the same way (`harness.train.encode_example`).
+
+The multiple-choice fast path reads the options ("0. ...", "1. ...") from the prompt, runs one
+forward pass over the prompt and answers with the option digit whose token has the highest
+next-token logit. Greedy generation answers with the argmax over the whole vocabulary, so whenever
+its first token is an option digit the two agree; the fast path just never wanders off into text.
+A digit counts with or without a leading space (" 3" parses as 3 too). Rows whose option digits are
+not single tokens in this tokenizer, or whose options cannot be read, are generated instead.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
 
 from harness.prompting import MAX_NEW_TOKENS, PromptFormat, format_prompt
 
+log = logging.getLogger(__name__)
 
-def _batches(order: list[int], size: int):
-    for i in range(0, len(order), size):
-        yield order[i : i + size]
+MC = "multiple-choice"
+# The ShopBench parser reads one character, so only options 0-9 can ever be answered.
+MAX_OPTIONS = 10
+_OPTION_LINE = re.compile(r"^[ \t]*(\d+)\.\s", re.MULTILINE)
+
+GenerateFn = Callable[[list[str], int], list[str]]  # (prompts, max_new_tokens) -> continuations
 
 
 @torch.no_grad()
 def generate_responses(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, fmt: PromptFormat,
-                       batch_size: int, device: str, max_prompt_tokens: int = 1024) -> list[str]:
+                       batch_size: int, device: str, max_prompt_tokens: int = 1024,
+                       mc_logits: bool = False) -> list[str]:
+    """One raw response per row, in order. mc_logits: answer multiple-choice rows by option logits."""
     prompts = [format_prompt(r["input_field"], tokenizer, fmt) for r in rows]
-    lengths = [len(p) for p in prompts]
     responses = [""] * len(rows)
-    tokenizer.padding_side = "left"
+    with _left_sided(tokenizer):
+        fast = mc_option_rows(rows, prompts, tokenizer) if mc_logits else {}
+        if fast:
+            idx = sorted(fast, key=lambda i: len(prompts[i]))
+            choices = answer_by_option_logits(model, tokenizer, [prompts[i] for i in idx],
+                                              [fast[i] for i in idx], batch_size=batch_size,
+                                              device=device, max_prompt_tokens=max_prompt_tokens)
+            for i, choice in zip(idx, choices):
+                responses[i] = str(choice)
+        rest = [i for i in range(len(rows)) if i not in fast]
+        generate = partial(_generate_batch, model, tokenizer, device=device,
+                           max_prompt_tokens=max_prompt_tokens)
+        texts = respond_by_task_type([rows[i] for i in rest], [prompts[i] for i in rest],
+                                     generate, batch_size)
+        for i, text in zip(rest, texts):
+            responses[i] = text
+    return responses
+
+
+def respond_by_task_type(rows: Sequence[dict[str, Any]], prompts: Sequence[str],
+                         generate: GenerateFn, batch_size: int) -> list[str]:
+    """Call `generate` per task type (its own token budget) on length-sorted batches; row order out."""
+    responses = [""] * len(rows)
     for task_type in sorted({r["task_type"] for r in rows}):
         group = sorted((i for i, r in enumerate(rows) if r["task_type"] == task_type),
-                       key=lambda i: lengths[i])
+                       key=lambda i: len(prompts[i]))
         for idx in _batches(group, batch_size):
-            texts = _generate_batch(model, tokenizer, [prompts[i] for i in idx],
-                                    MAX_NEW_TOKENS[task_type], device, max_prompt_tokens)
+            texts = generate([prompts[i] for i in idx], MAX_NEW_TOKENS[task_type])
             for i, text in zip(idx, texts):
                 responses[i] = text
     return responses
 
 
-def _generate_batch(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
+# ---------------------------------------------------------------------------------------------
+# Multiple-choice fast path
+
+
+def count_options(prompt: str) -> int:
+    """How many options the prompt lists as '0. ...', '1. ...' (the last such run); 0 if none."""
+    runs: list[int] = []
+    for match in _OPTION_LINE.finditer(prompt):
+        k = int(match.group(1))
+        if k == 0:
+            runs.append(1)
+        elif runs and k == runs[-1]:
+            runs[-1] += 1
+        else:  # a numbered line that does not continue the run ends it
+            runs.append(0)
+    return next((n for n in reversed(runs) if n), 0)
+
+
+def digit_token_ids(tokenizer: Any) -> dict[int, list[int]]:
+    """digit -> ids of the single tokens that decode to it ("3", and " 3" where that is one token).
+    A digit missing from the result has no single-token spelling in this tokenizer."""
+    out: dict[int, list[int]] = {}
+    for d in range(MAX_OPTIONS):
+        ids = set()
+        for text in (str(d), " " + str(d)):
+            enc = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(enc) == 1 and tokenizer.decode(enc).strip() == str(d):
+                ids.add(enc[0])
+        if ids:
+            out[d] = sorted(ids)
+    return out
+
+
+def mc_option_rows(rows: Sequence[dict[str, Any]], prompts: Sequence[str],
+                   tokenizer: Any) -> dict[int, list[list[int]]]:
+    """row index -> per-option candidate token ids, for the MC rows the fast path can answer.
+    The others are left to generation, with one log line saying how many and why."""
+    digits = digit_token_ids(tokenizer)
+    fast: dict[int, list[list[int]]] = {}
+    unreadable, untokenisable = 0, 0
+    for i, (row, prompt) in enumerate(zip(rows, prompts)):
+        if row["task_type"] != MC:
+            continue
+        n = min(count_options(prompt), MAX_OPTIONS)
+        if n == 0:
+            unreadable += 1
+        elif any(d not in digits for d in range(n)):
+            untokenisable += 1
+        else:
+            fast[i] = [digits[d] for d in range(n)]
+    if unreadable:
+        log.warning("mc_logits: %d multiple-choice rows list no '0. ...' options; generating them",
+                    unreadable)
+    if untokenisable:
+        log.warning("mc_logits: option digits %s are not single tokens in this tokenizer; generating "
+                    "%d multiple-choice rows instead", sorted(set(range(MAX_OPTIONS)) - set(digits)),
+                    untokenisable)
+    return fast
+
+
+@torch.no_grad()
+def answer_by_option_logits(model: Any, tokenizer: Any, prompts: Sequence[str],
+                            options: Sequence[list[list[int]]], *, batch_size: int, device: str,
+                            max_prompt_tokens: int = 1024) -> list[int]:
+    """For each prompt, the option whose digit token scores highest as the next token.
+    options[i][k]: the token ids that spell option k (the best of them counts)."""
+    choices: list[int] = []
+    budget = _prompt_budget(model, max_prompt_tokens, new_tokens=1)
+    with _left_sided(tokenizer):
+        for start in range(0, len(prompts), batch_size):
+            logits = _last_logits(model, tokenizer, list(prompts[start : start + batch_size]),
+                                  device, budget).float()
+            for row_logits, opts in zip(logits, options[start : start + batch_size]):
+                scores = torch.stack([row_logits[ids].max() for ids in opts])
+                choices.append(int(scores.argmax()))
+    return choices
+
+
+def _last_logits(model: Any, tokenizer: Any, prompts: list[str], device: str,
+                 max_prompt_tokens: int) -> torch.Tensor:
+    """Next-token logits after each left-padded prompt, [batch, vocab]."""
+    enc = _encode(tokenizer, prompts, device, max_prompt_tokens)
+    # generate() derives positions from the mask; a plain forward does not, so pass them as it does.
+    positions = (enc["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+    try:  # logits_to_keep=1 skips the LM head on every position but the last (transformers>=4.50)
+        out = model(**enc, position_ids=positions, logits_to_keep=1)
+    except TypeError:
+        out = model(**enc, position_ids=positions)
+    return out.logits[:, -1, :]
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation
+
+
+def _generate_batch(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, *,
                     device: str, max_prompt_tokens: int) -> list[str]:
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
-                    truncation=True, max_length=max_prompt_tokens)
-    enc = {k: v.to(device) for k, v in enc.items()}
+    budget = _prompt_budget(model, max_prompt_tokens, new_tokens=max_new_tokens)
+    enc = _encode(tokenizer, prompts, device, budget)
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     new_tokens = out[:, enc["input_ids"].shape[1]:]
     return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+def _encode(tokenizer: Any, prompts: list[str], device: str, max_prompt_tokens: int) -> dict[str, Any]:
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
+                    truncation=True, max_length=max_prompt_tokens)
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+def _prompt_budget(model: Any, max_prompt_tokens: int, new_tokens: int) -> int:
+    """Prompt tokens to keep so prompt + answer fit the model's positions (builtin:tiny has 512)."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and limit > new_tokens:
+        return min(max_prompt_tokens, limit - new_tokens)
+    return max_prompt_tokens
+
+
+@contextmanager
+def _left_sided(tokenizer: Any) -> Iterator[None]:
+    """Left padding (decoder-only batches end where the answer starts) and left truncation, restored after."""
+    saved = tokenizer.padding_side, tokenizer.truncation_side
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    try:
+        yield
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = saved
+
+
+def _batches(order: list[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(order), size):
+        yield order[i : i + size]

@@ -1,0 +1,220 @@
+"""Batched generation and the multiple-choice fast path, on builtin:tiny (CPU, a few seconds)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from harness.config import EvalSpec  # noqa: E402
+from harness.data import build_eval_sets  # noqa: E402
+from harness.errors import MissingDependencyError  # noqa: E402
+from harness.evaluate import inference  # noqa: E402
+from harness.evaluate.inference import (  # noqa: E402
+    count_options,
+    digit_token_ids,
+    generate_responses,
+    mc_option_rows,
+    respond_by_task_type,
+)
+from harness.prompting import MAX_NEW_TOKENS, format_prompt  # noqa: E402
+
+MC_PROMPT = "Which is a fruit?\n0. chair\n1. apple\n2. lamp\n3. sock\nAnswer: "
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from harness.model import load_base_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a ~1M-parameter model gains nothing from threads on a shared machine
+    tok, model, _ = load_base_model("builtin:tiny")
+    yield tok, model
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def heldout() -> list[dict]:
+    return build_eval_sets(EvalSpec(per_subtask=2))["synthetic-heldout"]
+
+
+class _DigitBiasedHead(torch.nn.Module):
+    """The tiny model's LM head plus a constant bias on the option digits 0-3: it then often
+    answers with a digit, and which digit still depends on the prompt."""
+
+    def __init__(self, head, bias):
+        super().__init__()
+        self.head, self.bias = head, bias
+
+    def forward(self, hidden):
+        return self.head(hidden) + self.bias
+
+
+@pytest.fixture
+def digit_model(tiny):
+    tok, model = tiny
+    head = model.lm_head
+    bias = torch.zeros(model.config.vocab_size)
+    bias[[digit_token_ids(tok)[d][0] for d in range(4)]] = 8.0  # digits win on most prompts, not all
+    model.lm_head = _DigitBiasedHead(head, bias)
+    yield model
+    model.lm_head = head
+
+
+def _mc(rows):
+    return [r for r in rows if r["task_type"] == "multiple-choice"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+@pytest.mark.parametrize("prompt, n", [
+    (MC_PROMPT, 4),
+    ("Q?\n 0. a\n1. b\n2. c\nAnswer: ", 3),  # EC-Guide MDM indents the first option
+    ("Given:\n1. first item\n2. second item\nPick one:\n0. x\n1. y\nAnswer: ", 2),  # 1-based list first
+    ("What is the weight of the paper?\nAnswer: ", 0),
+    ("0. a\n1. b\n7. stray\n", 2),
+])
+def test_count_options(prompt, n):
+    assert count_options(prompt) == n
+
+
+class _SplitDigitTokenizer:
+    """Spells '3' and '7' as two tokens, every other digit as one."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [100, ord(text[-1])] if text.strip() in ("3", "7") else [ord(c) for c in text]}
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+
+def test_digit_token_ids_leaves_out_multi_token_digits():
+    ids = digit_token_ids(_SplitDigitTokenizer())
+    assert sorted(ids) == [0, 1, 2, 4, 5, 6, 8, 9]
+    assert ids[0] == [ord("0")]  # " 0" is two tokens here, so only "0" counts
+
+
+def test_mc_rows_with_unusable_digits_are_generated_with_a_log_line(caplog):
+    rows = [{"task_type": "multiple-choice"}, {"task_type": "multiple-choice"},
+            {"task_type": "multiple-choice"}, {"task_type": "retrieval"}]
+    prompts = ["Q\n0. a\n1. b\n2. c\nAnswer: ", "Q\n0. a\n1. b\n2. c\n3. d\nAnswer: ", "Q\nAnswer: ",
+               MC_PROMPT]
+    with caplog.at_level(logging.WARNING, logger="harness.evaluate.inference"):
+        fast = mc_option_rows(rows, prompts, _SplitDigitTokenizer())
+    assert list(fast) == [0]  # row 1 needs '3'; row 2 lists no options; row 3 is not MC
+    assert fast[0] == [[ord("0")], [ord("1")], [ord("2")]]
+    assert "not single tokens" in caplog.text and "[3, 7]" in caplog.text
+    assert "list no '0. ...' options" in caplog.text
+
+
+def test_respond_by_task_type_uses_each_budget_and_keeps_row_order():
+    rows = [{"task_type": t} for t in ["generation", "multiple-choice", "ranking", "multiple-choice"]]
+    prompts = ["g" * 5, "m" * 9, "r", "m" * 2]
+    calls = []
+
+    def fake_generate(batch, max_new_tokens):
+        calls.append((list(batch), max_new_tokens))
+        return [f"{p}:{max_new_tokens}" for p in batch]
+
+    out = respond_by_task_type(rows, prompts, fake_generate, batch_size=1)
+    assert out == [f"{p}:{MAX_NEW_TOKENS[r['task_type']]}" for r, p in zip(rows, prompts)]
+    mc_calls = [c for c in calls if c[1] == MAX_NEW_TOKENS["multiple-choice"]]
+    assert [c[0] for c in mc_calls] == [["mm"], ["m" * 9]]  # shortest prompt first
+
+
+# ---------------------------------------------------------------------------------------------
+# On builtin:tiny
+
+
+def test_mc_logits_agrees_with_generation_whenever_generation_answers_a_digit(tiny, digit_model, heldout):
+    tok, _ = tiny
+    rows = _mc(heldout)
+    generated = generate_responses(digit_model, tok, rows, fmt="raw", batch_size=8, device="cpu")
+    fast = generate_responses(digit_model, tok, rows, fmt="raw", batch_size=8, device="cpu",
+                              mc_logits=True)
+    digit_rows = [i for i, g in enumerate(generated)
+                  if g[:1].isdigit() and int(g[0]) < count_options(rows[i]["input_field"])]
+    assert len(digit_rows) >= len(rows) // 2, generated  # the bias makes most answers digits
+    assert len({generated[i][0] for i in digit_rows}) > 1, "answers should not be all the same digit"
+    assert [fast[i] for i in digit_rows] == [generated[i][0] for i in digit_rows]
+    assert all(f.isdigit() and int(f) < count_options(r["input_field"]) for f, r in zip(fast, rows))
+
+
+def test_mc_logits_leaves_other_task_types_to_generation(tiny, heldout):
+    tok, model = tiny
+    rows = _mc(heldout)[:4] + [r for r in heldout if r["task_type"] in ("retrieval", "ranking")][:4]
+    plain = generate_responses(model, tok, rows, fmt="raw", batch_size=16, device="cpu")
+    mixed = generate_responses(model, tok, rows, fmt="raw", batch_size=16, device="cpu", mc_logits=True)
+    for row, a, b in zip(rows, plain, mixed):
+        if row["task_type"] != "multiple-choice":
+            assert a == b
+        else:
+            assert b.isdigit()
+    assert tok.padding_side == "left" and tok.truncation_side == "right"  # restored as loaded
+
+
+def test_mc_digits_that_are_not_single_tokens_fall_back_to_generation(tiny, digit_model, heldout,
+                                                                      monkeypatch):
+    tok, _ = tiny
+    rows = _mc(heldout)[:6]
+    generated = generate_responses(digit_model, tok, rows, fmt="raw", batch_size=8, device="cpu")
+    only_0_to_2 = {d: ids for d, ids in digit_token_ids(tok).items() if d < 3}  # too few for 4 options
+    monkeypatch.setattr(inference, "digit_token_ids", lambda _tok: only_0_to_2)
+    fallback = generate_responses(digit_model, tok, rows, fmt="raw", batch_size=8, device="cpu",
+                                  mc_logits=True)
+    assert fallback == generated
+
+
+def test_long_prompts_are_cut_from_the_left(tiny, digit_model):
+    tok, _ = tiny
+    padding = "filler words that do not matter\n" * 40
+    tail_ids = tok(format_prompt(MC_PROMPT, tok, "raw"), add_special_tokens=False)["input_ids"]
+    long_ids = tok(format_prompt(padding + MC_PROMPT, tok, "raw"), add_special_tokens=False)["input_ids"]
+    assert len(long_ids) > 3 * len(tail_ids) and long_ids[-len(tail_ids):] == tail_ids
+    rows = [{"input_field": p, "task_type": "multiple-choice"} for p in (MC_PROMPT, padding + MC_PROMPT)]
+    for mc_logits in (False, True):
+        short, long = generate_responses(digit_model, tok, rows, fmt="raw", batch_size=2, device="cpu",
+                                         max_prompt_tokens=len(tail_ids), mc_logits=mc_logits)
+        assert short == long
+
+
+@pytest.mark.slow
+def test_mc_logits_agrees_with_generation_after_lora_training(tiny):
+    """The same agreement on a briefly fine-tuned model (its own answers, no bias); ~6 s on a CPU thread."""
+    import copy
+
+    from harness.config import TrainSpec
+    from harness.tasks import registry, synthetic
+    from harness.train import attach_lora, train_lora
+
+    tok, base = tiny
+    spec = TrainSpec(steps=30, lr=3e-3, warmup_steps=2, micro_batch=16)
+    train = [r for s in registry.all_subtasks() for r in synthetic.generate_rows(s.id, "train", 16, seed=0)]
+    model = attach_lora(copy.deepcopy(base), 8, 16, spec)
+    train_lora(model, tok, train, spec, seed=0, fmt="raw", device="cpu")
+    rows = _mc(build_eval_sets(EvalSpec(per_subtask=6))["synthetic-heldout"])
+    generated = generate_responses(model, tok, rows, fmt="raw", batch_size=16, device="cpu")
+    fast = generate_responses(model, tok, rows, fmt="raw", batch_size=16, device="cpu", mc_logits=True)
+    digit_rows = [i for i, g in enumerate(generated) if g[:1].isdigit()]
+    assert len(digit_rows) >= len(rows) // 2
+    assert [fast[i] for i in digit_rows] == [generated[i][0] for i in digit_rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# vLLM backend
+
+
+def test_vllm_backend_without_vllm_names_the_install_command():
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("vllm is installed")
+    with pytest.raises(MissingDependencyError, match=r"pip install -e \.\[gpu\]"):
+        importlib.import_module("harness.evaluate.vllm_backend")
