@@ -13,6 +13,7 @@ transformers dequantises it offline once and the result is cached the same way.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -63,14 +64,18 @@ def _fingerprint(obj: Any) -> str:
 
 
 def tiny_fingerprint() -> str:
-    return _fingerprint({"shape": TINY_SHAPE, "pretrain": TINY_PRETRAIN, "version": TINY_VERSION})
+    """Covers the shape, the recipe and the world's text, so a changed world retrains the model."""
+    corpus = hashlib.sha256("\n".join(_tokenizer_corpus(TINY_PRETRAIN["world_seed"])).encode())
+    return _fingerprint({"shape": TINY_SHAPE, "pretrain": TINY_PRETRAIN, "version": TINY_VERSION,
+                         "corpus": corpus.hexdigest()})
 
 
 # ---------------------------------------------------------------------------------------------
 # builtin:tiny
 
 
-def _tokenizer_corpus(world_seed: int) -> list[str]:
+@functools.lru_cache(maxsize=2)
+def _tokenizer_corpus(world_seed: int) -> tuple[str, ...]:
     """World documents plus task prompts, so BPE merges cover the words both use."""
     from harness.tasks import registry, synthetic
 
@@ -79,7 +84,7 @@ def _tokenizer_corpus(world_seed: int) -> list[str]:
         for row in synthetic.generate_rows(sub.id, "train", 40, seed=world_seed):
             texts.append(row["input_field"])
             texts.append(str(row["output_field"]))
-    return texts
+    return tuple(texts)
 
 
 def build_tiny_tokenizer(world_seed: int = 0):
