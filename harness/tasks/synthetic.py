@@ -11,7 +11,12 @@ rounds; a per-row `random.Random` fills in the question. A row whose normalised 
 produced is skipped, so rows are distinct; since the key is readable from the prompt and splits are a
 hash of the key, equal prompts can never land in both splits. Rows are deterministic for (subtask,
 split, seed) and prefix-stable in n. Multiple-choice answers cycle through a seeded permutation of
-0..3 per block of four rows, so answer positions are balanced.
+0..3 per block of four rows, so answer positions are balanced exactly over every multiple of four.
+
+Output fields follow ShopBench: multiple-choice -> option index (options numbered from 0); retrieval ->
+the 1-based indices of the right candidates, ascending; ranking -> one relevance grade per listed
+candidate, in list order (3 exact match, 2 substitute, 1 complement, 0 unrelated), which is what NDCG
+reads; the text a model should answer for ranking is the 1-based indices sorted by grade, descending.
 
 Prompts are short (under ~350 characters) and several tasks can be partly solved by reading the prompt
 (attribute in the title, matching nouns, prices shown, lexicon words); others need the world knowledge
@@ -75,7 +80,8 @@ def _place(correct: str, distractors: Sequence[str], pos: int, rng: random.Rando
     return others[:pos] + [correct] + others[pos:]
 
 
-def _pick_list(truth: Sequence[str], distractors: Sequence[str], rng: random.Random) -> tuple[list[str], list[int]]:
+def _pick_list(truth: Sequence[str], distractors: Sequence[str],
+               rng: random.Random) -> tuple[list[str], list[int]]:
     """Shuffled candidates and the 1-based indices of the true ones, ascending."""
     items = [(t, True) for t in truth] + [(d, False) for d in distractors]
     rng.shuffle(items)
@@ -179,16 +185,42 @@ def _attribute_category(world: World, key: tuple[str, str], rng: random.Random, 
     return _mc(question, options), pos
 
 
+def _option_sets() -> dict[str, tuple[tuple[str, ...], ...]]:
+    """attribute -> fixed four-option lists (three values and CANNOT_INFER), reused across rows as
+    ShopBench's attribute questions reuse one option list per question. CANNOT_INFER's slot rotates
+    from list to list so every slot can hold the answer."""
+    sets, slot = {}, 0
+    for attr, values in ATTRIBUTE_VALUES.items():
+        if len(values) < 3:
+            continue
+        chunks = [values[i:i + 3] if i + 3 <= len(values) else values[-3:] for i in range(0, len(values), 3)]
+        lists = []
+        for chunk in chunks:
+            options = list(chunk)
+            options.insert(slot % 4, CANNOT_INFER)
+            slot += 1
+            lists.append(tuple(options))
+        sets[attr] = tuple(lists)
+    return sets
+
+
+OPTION_SETS = _option_sets()
+
+
 def _attribute_infer(world: World, p: Product, rng: random.Random, pos: int) -> Made:
+    """Read an attribute off the title; the answer is CANNOT_INFER when the category lacks it."""
     cat = world.categories[p.category]
-    askable = [a for a, _ in p.attrs if len(ATTRIBUTE_VALUES[a]) >= 3]
-    missing = [a for a in ATTRIBUTE_VALUES if a not in cat.attrs and len(ATTRIBUTE_VALUES[a]) >= 3]
-    attr = rng.choice(missing) if rng.random() < 0.2 else rng.choice(askable)
-    values = [v for v in ATTRIBUTE_VALUES[attr] if v != p.attr(attr) and not _in_text(v, p.title)]
-    if attr in cat.attrs:
-        options = _place(p.attr(attr), rng.sample(values, 2) + [CANNOT_INFER], pos, rng)
-    else:
-        options = _place(CANNOT_INFER, rng.sample(values, 3), pos, rng)
+
+    def fits(attr: str, options: tuple[str, ...]) -> bool:
+        others = [o for o in options if o not in (options[pos], CANNOT_INFER)]
+        return options[pos] == (p.attr(attr) or CANNOT_INFER) and not any(_in_text(o, p.title) for o in others)
+
+    stated = [(a, o) for a in OPTION_SETS if a in cat.attrs for o in OPTION_SETS[a] if fits(a, o)]
+    absent = [(a, o) for a in OPTION_SETS if a not in cat.attrs for o in OPTION_SETS[a] if fits(a, o)]
+    choices = absent if rng.random() < 0.2 else stated
+    if not choices:
+        return None  # no list puts this product's answer in slot `pos`; a later round tries again
+    attr, options = rng.choice(choices)
     question = f"The product '{p.title}' appears on a shopping website. What is its {attr}?"
     return _mc(question, options), pos
 
@@ -312,7 +344,8 @@ RELATIONS = ("same request", "substitute", "complement", "unrelated")
 def _random_query(world: World, category: str, rng: random.Random) -> str:
     p = world.products[rng.choice(world.by_category[category])]
     options = [("brand", p.brand)] + [(a, v) for a, v in p.attrs if a in ("color", "material")]
-    return render_query(category, dict(rng.sample(options, rng.randint(0, min(2, len(options))))), rng.randrange(3))
+    picked = rng.sample(options, rng.randint(0, min(2, len(options))))
+    return render_query(category, dict(picked), rng.randrange(3))
 
 
 def _substitute_query(world: World, q, rng: random.Random) -> str:
@@ -474,7 +507,7 @@ class _Generator:
 _GENERATORS: dict[str, _Generator] = {
     "product_type_explain": _Generator(_products, _product_type_explain, 2),
     "attribute_category": _Generator(_attribute_pairs, _attribute_category, 40),
-    "attribute_infer": _Generator(_products, _attribute_infer, 3),
+    "attribute_infer": _Generator(_products, _attribute_infer, 6),
     "query_ner": _Generator(_queries, _query_ner, 3),
     "review_aspect_extract": _Generator(_reviews, _review_aspect_extract, 2),
     "review_snippet_select": _Generator(_aspect_pairs, _review_snippet_select, 40),

@@ -15,9 +15,11 @@ Held-out split: every entity has a key string that can be read back from any pro
 product's short title, a query's text, a review's text); `World.split_of(key)` hashes it with the seed,
 and ~20% of keys are held out. Equal prompts therefore always fall in the same split.
 
-The corpus states facts (product pages, category pages, lexicon lines, query and session facts) and
-never uses the task prompts or their answer layouts; held-out reviews, sessions, also-bought links and
-translations are left out of it. Pure Python: no numpy, no global random state, no set iteration.
+The corpus states facts (category pages, lexicon lines, review vocabulary, brand and material facts,
+product pages with reviews and what they say about which aspect, what each search names and finds,
+sessions) and never uses the task prompts or their answer layouts ("Answer:", "Output:", numbered
+options). Held-out reviews, queries, sessions, also-bought links and translations are left out of it.
+Pure Python: no numpy, no global random state, no iteration over sets.
 """
 
 from __future__ import annotations
@@ -268,7 +270,8 @@ LEXICON: Mapping[str, tuple[str, str, str]] = MappingProxyType({
     "clothing": ("ropa", "Kleidung", "vêtements"), "kitchen": ("cocina", "Küche", "cuisine"),
     "grocery": ("alimentos", "Lebensmittel", "épicerie"), "home": ("hogar", "Haushalt", "maison"),
     "office": ("oficina", "Büro", "bureau"), "beauty": ("belleza", "Schönheit", "beauté"),
-    "pets": ("mascotas", "Haustiere", "animaux"), "electronics": ("electrónica", "Elektronik", "électronique"),
+    "pets": ("mascotas", "Haustiere", "animaux"),
+    "electronics": ("electrónica", "Elektronik", "électronique"),
 })
 _LANG_INDEX = {"es": 0, "de": 1, "fr": 2}
 # How a translated short title joins a material and an audience, per language.
@@ -350,7 +353,8 @@ class Query:
 
     def entities(self) -> dict[str, str]:
         """NER entity type -> the phrase in the query."""
-        out = {"product type": self.category if self.lang == "en" else translate_word(self.category, self.lang)}
+        noun = self.category if self.lang == "en" else translate_word(self.category, self.lang)
+        out = {"product type": noun}
         for attr, value in self.constraints:
             out[attr] = value
         return out
@@ -367,7 +371,7 @@ class Session:
         return " | ".join(self.queries)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: one cached world per seed
 class World:
     seed: int
     categories: Mapping[str, Category]
@@ -549,7 +553,8 @@ def _make_foreign_queries(products: list[Product], rng: random.Random) -> list[Q
 
 
 def _make_session(p: Product, world_cats: Mapping[str, Category], by_cat, products, rng) -> Session | None:
-    """bare noun -> one constraint -> two constraints; next: one more refinement and two complement searches."""
+    """bare noun -> one constraint -> two constraints; next: a third constraint and two searches in
+    complementary categories."""
     cons = list(_query_constraints(p, rng, 3).items())
     if len(cons) < 3:
         return None
@@ -616,7 +621,8 @@ def _category_page(cat: Category) -> str:
 def _lexicon_pages() -> list[str]:
     groups = {
         "Colors": COLORS, "Materials": ATTRIBUTE_VALUES["material"],
-        "Scents and flavors": ("vanilla", "mint", "lemon", "rose", "caramel", "plain", "chicken", "beef", "fish"),
+        "Scents and flavors": ("vanilla", "mint", "lemon", "rose", "caramel", "plain", "chicken", "beef",
+                               "fish"),
         "Sizes and audiences": SIZES + AUDIENCES,
         "Product types": tuple(c["name"] for c in _CATEGORY_TABLE), "Departments": DEPARTMENTS,
     }
@@ -658,7 +664,8 @@ def _product_page(world: World, p: Product, reviews: list[Review], rng: random.R
     lines.append(f"Goes well with {' and '.join(cat.complements)}.")
     lines += [f"{'Not ' if p.attr(attr) in bad else ''}{need}.".capitalize()
               for need, attr, bad, cats in NEEDS if p.category in cats]
-    lines += [f"A {r.rating} star review about {' and '.join(m[0] for m in r.mentions)} says: {r.text}"
+    lines += [f"A {r.rating} star review says: {r.text} It says "
+              + " and ".join(f"{phrase} about {aspect}" for aspect, phrase, _ in r.mentions) + "."
               for r in reviews[:2]]
     if world.product_split(p) == "train":  # held-out links and translations stay unseen
         names = "; ".join(world.products[i].short_title for i in p.also_bought)
@@ -668,20 +675,28 @@ def _product_page(world: World, p: Product, reviews: list[Review], rng: random.R
     return "\n".join(lines)
 
 
+def _named(q: Query) -> str:
+    """'the color red and the product type socks': what a query states, in its own words."""
+    parts = [f"the {kind} {value.lower()}" for kind, value in q.entities().items()]
+    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+
+
 def _search_pages(world: World, rng: random.Random) -> list[str]:
     facts = []
     for q in world.queries:
         if world.split_of(q.text) == "train":
             hits = [p for p in world.products_in(q.category)
                     if all((p.brand if a == "brand" else p.attr(a)) == v for a, v in q.constraints)]
-            facts.append(f"The search '{q.text}' finds {rng.choice(hits).short_title}.")
+            facts.append(f"The search '{q.text}' finds {rng.choice(hits).short_title}. "
+                         f"It names {_named(q)}.")
     for s in world.sessions:
         if world.split_of(s.key) == "train":
             facts.append(f"A shopper searched {', then '.join(s.queries)}, and next searched "
                          f"{', '.join(s.next_queries)}.")
     for q in world.foreign_queries:
         if world.split_of(q.text) == "train":
-            facts.append(f"The {LANGUAGES[q.lang]} search '{q.text}' looks for {q.category}.")
+            facts.append(f"The {LANGUAGES[q.lang]} search '{q.text}' looks for {q.category}. "
+                         f"It names {_named(q)}.")
     rng.shuffle(facts)
     return ["\n".join(facts[i:i + 8]) for i in range(0, len(facts), 8)]
 
