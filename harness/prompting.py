@@ -42,7 +42,12 @@ def render_answer(row: dict[str, Any]) -> str:
     out, task_type = row["output_field"], row["task_type"]
     if task_type == "multiple-choice":
         return str(int(out))
-    if task_type in ("ranking", "retrieval"):
+    if task_type == "ranking":
+        # output_field holds one relevance weight per listed candidate; the answer is the 1-based
+        # candidate indices, most relevant first (stable for ties), which is what NDCG reads.
+        order = sorted(range(len(out)), key=lambda i: -out[i])
+        return ",".join(str(i + 1) for i in order)
+    if task_type == "retrieval":
         return ",".join(str(int(v)) for v in out)
     if task_type == "named_entity_recognition":
         return ", ".join(out)

@@ -37,10 +37,16 @@ def _output_problem(task_type: str, output: Any) -> str | None:
         if _is_int(output) or (isinstance(output, str) and output.strip().isdigit()):
             return None
         return f"multiple-choice output_field must be an int option index, got {output!r}"
-    if task_type in ("ranking", "retrieval"):
+    if task_type == "ranking":
+        # One relevance weight per candidate; ShopBench files carry floats such as [1.0, 0.01, ...].
+        if isinstance(output, list) and output and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in output):
+            return None
+        return f"ranking output_field must be a non-empty list of relevance weights, got {output!r}"
+    if task_type == "retrieval":
         if isinstance(output, list) and output and all(_is_int(v) for v in output):
             return None
-        return f"{task_type} output_field must be a non-empty list of ints, got {output!r}"
+        return f"retrieval output_field must be a non-empty list of ints, got {output!r}"
     if task_type == "named_entity_recognition":
         if isinstance(output, list) and all(isinstance(v, str) for v in output):
             return None
