@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import InputError, did_you_mean
 from harness.tasks.sources import SourceSpec
@@ -81,6 +81,11 @@ class TrainSpec(Spec):
     weight_decay: float = Field(default=0.0, ge=0)
     log_every: int = Field(default=10, ge=1)  # steps between loss reports
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # Bookkeeping below: none of it changes what a trial learns, so none of it enters trial ids.
+    keep_checkpoints: int = Field(default=1, ge=0)  # LoRA adapters kept per trial: 1 = the final one, 0 = none
+    checkpoint_every: int | None = Field(default=None, ge=1)  # steps between intermediate adapters (keep > 1)
+    eval_every: int | None = Field(default=None, ge=1)  # steps between held-out loss reports (ASHA watches them)
+    eval_rows: int = Field(default=2, ge=1)  # held-out rows per synthetic subtask for that loss
 
     @field_validator("lora_alpha")
     @classmethod
@@ -123,6 +128,27 @@ class WandbSpec(Spec):
     project: str = "divcap"
     entity: str | None = None
     mode: Literal["offline", "online", "disabled"] = "offline"
+    init_timeout: float = Field(default=90, gt=0)  # seconds to wait for the server; then the trial goes on without W&B
+
+
+class SearchSpec(Spec):
+    """How the driver walks the grid: every trial once, or an Optuna sampler over the same factors.
+
+    `search: optuna` is short for `search: {method: optuna}`."""
+
+    method: Literal["grid", "optuna"] = "grid"  # grid: every trial once; optuna: num_samples draws (TPE)
+    num_samples: int | None = Field(default=None, ge=1)  # optuna: trials drawn in all (a repeat reuses its record)
+    metric: str | None = None  # optuna's objective: "<eval set>/overall" (default: the first set), "/pooled", "eval_loss"
+    mode: Literal["min", "max"] | None = None  # default: min for eval_loss, max for scores
+    sampler_seed: int = 0  # the TPE sampler's seed: the same sweep draws the same trials
+    scheduler: Literal["none", "asha"] = "none"  # asha: stop trials whose held-out loss trails at a rung
+    grace_period: int | None = Field(default=None, ge=1)  # steps before ASHA may stop a trial (default: eval_every)
+    reduction_factor: float = Field(default=2.0, gt=1)  # ASHA keeps 1 / reduction_factor at each rung
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"method": value} if isinstance(value, str) else value
 
 
 class SweepSpec(Spec):
@@ -135,11 +161,19 @@ class SweepSpec(Spec):
     train: TrainSpec = Field(default_factory=TrainSpec)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
     wandb: WandbSpec = Field(default_factory=WandbSpec)
-    output_dir: str = "results"  # results go to <output_dir>/<name>/
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    output_dir: str = "results"  # results go to <output_dir>/<name>/ (on a cluster: storage every node sees)
 
     @property
     def results_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+
+# Fields that shape bookkeeping (adapters kept, held-out loss reports), not what a trial learns: left
+# out of trial and cell ids, so changing them neither re-runs finished trials nor changes old ids.
+IDENTITY_EXCLUDE: dict[str, Any] = {
+    "train": {"keep_checkpoints", "checkpoint_every", "eval_every", "eval_rows"},
+}
 
 
 class TrialSpec(Spec):
@@ -174,11 +208,11 @@ class TrialSpec(Spec):
 
     @property
     def cell_id(self) -> str:
-        return content_hash(self.model_dump(exclude={"seed"}))[:12]
+        return content_hash(self.model_dump(exclude={"seed": True, **IDENTITY_EXCLUDE}))[:12]
 
     @property
     def trial_id(self) -> str:
-        return content_hash(self.model_dump())[:12]
+        return content_hash(self.model_dump(exclude=IDENTITY_EXCLUDE))[:12]
 
     @property
     def name(self) -> str:
@@ -393,6 +427,60 @@ def semantic_problems(spec: SweepSpec) -> list[str]:
     gpu = spec.resources.gpu
     if gpu != "auto" and (gpu < 0 or (gpu > 1 and not float(gpu).is_integer())):
         problems.append(f"resources.gpu: {gpu}: use a fraction in (0, 1], a whole number, 0, or auto")
+    return problems + _train_schedule_problems(spec.train) + _search_problems(spec)
+
+
+def _train_schedule_problems(train: TrainSpec) -> list[str]:
+    """Held-out losses and intermediate adapters happen at loss-report steps (train.log_every)."""
+    problems = []
+    for field in ("eval_every", "checkpoint_every"):
+        every = getattr(train, field)
+        if every is not None and every % train.log_every:
+            problems.append(f"train.{field}: {every} must be a multiple of train.log_every "
+                            f"({train.log_every}): both happen at loss-report steps")
+    if train.checkpoint_every is not None and train.keep_checkpoints < 2:
+        problems.append(f"train.checkpoint_every: intermediate adapters need train.keep_checkpoints >= 2 "
+                        f"(got {train.keep_checkpoints}: 1 keeps only the final adapter, 0 none)")
+    if train.keep_checkpoints > 1 and train.checkpoint_every is None:
+        problems.append(f"train.keep_checkpoints: {train.keep_checkpoints} keeps intermediate adapters: "
+                        "set train.checkpoint_every (steps between them), or keep 1 (the final one)")
+    return problems
+
+
+def eval_set_names(spec: EvalSpec) -> list[str]:
+    """The names evaluation results are keyed by, in declaration order."""
+    return ["synthetic-heldout" if ref == SYNTHETIC_HELDOUT else ref.name or Path(ref.path).stem
+            for ref in spec.sets]
+
+
+def search_metric(spec: SweepSpec) -> tuple[str, str]:
+    """(metric, mode) that Optuna optimises: by default the first evaluation set's overall score."""
+    metric = spec.search.metric or f"{eval_set_names(spec.eval)[0]}/overall"
+    return metric, spec.search.mode or ("min" if metric == "eval_loss" else "max")
+
+
+def _search_problems(spec: SweepSpec) -> list[str]:
+    search, problems = spec.search, []
+    if search.method == "optuna" and search.num_samples is None:
+        problems.append("search.num_samples: missing: optuna needs the number of trials to draw, "
+                        "e.g. search: {method: optuna, num_samples: 8}")
+    if search.method == "grid" and search.num_samples is not None:
+        problems.append("search.num_samples: only used by method optuna (grid runs every trial once)")
+    if search.metric is not None:
+        known = ["eval_loss"] + [f"{n}/{k}" for n in eval_set_names(spec.eval) for k in ("overall", "pooled")]
+        if search.metric not in known:
+            problems.append(f"search.metric: unknown metric {search.metric!r}{did_you_mean(search.metric, known)}; "
+                            f"known: {', '.join(known)}")
+        elif search.metric == "eval_loss" and spec.train.eval_every is None:
+            problems.append("search.metric: eval_loss needs train.eval_every (held-out loss reports)")
+    if search.scheduler == "asha":
+        if spec.train.eval_every is None:
+            problems.append("search.scheduler: asha watches the held-out loss: set train.eval_every "
+                            "(steps between reports, a multiple of train.log_every)")
+        grace = search.grace_period or spec.train.eval_every or 1
+        if grace >= spec.train.steps:
+            problems.append(f"search.grace_period: {grace} steps leaves ASHA nothing to stop before "
+                            f"train.steps ({spec.train.steps}); use fewer")
     return problems
 
 

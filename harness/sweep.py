@@ -1,33 +1,49 @@
 """The Ray Tune driver: a thin adapter that runs already-expanded TrialSpecs with run_trial.
 
-    harness sweep sweeps/smoke.yaml                 # local Ray, trials in parallel up to the CPUs
-    harness sweep sweeps/full.yaml --address auto   # an existing Ray cluster
-    harness sweep sweeps/smoke.yaml --resume        # skip trials that already have a record
+    harness sweep sweeps/smoke.yaml                      # local Ray, trials in parallel up to the CPUs
+    harness sweep sweeps/full_factorial.yaml --address auto        # an existing Ray cluster
+    harness sweep sweeps/full_factorial.yaml --address ray://head:10001
+    harness sweep sweeps/smoke.yaml --resume             # run only trials without a finished record
+    harness sweep sweeps/smoke.yaml --set search.method=optuna --set search.num_samples=4
 
-Records are the source of truth: a trial whose record says success is never run again, and the tidy
-scores.parquet is rebuilt from the records at the end. Ray only sees trial specs as plain dicts.
+Records are the source of truth: a trial whose record says success (or that ASHA stopped) is never
+run again, and the tidy scores.parquet is rebuilt from the records at the end. So `--resume` works
+after the driver was killed at any moment, and after a restart that lost Ray's own state
+(`results/<name>/ray/`): it needs the records only. Ray only sees trial ids and factor choices.
+
+On a cluster, `output_dir` must be storage that every node and the driver see (NFS, a shared disk):
+workers write records and adapters there, and Tune's `storage_path` is `<output_dir>/<name>/ray`.
+The harness must be installed on every node.
+
+Resources (`resources:`): each trial asks for `cpu` CPUs and `gpu` GPUs; a fraction (0.25) packs
+four trials on one GPU; `auto` takes a whole GPU when the cluster has one, else runs on CPUs. A
+request that no single node can hold is refused before anything starts. Trials on more than one GPU
+(torch distributed) are not supported yet.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from harness.config import SweepSpec, TrialSpec, baseline_trial, expand_trials
+from harness.config import SweepSpec, TrialSpec, baseline_trial, data_sets, expand_trials, search_metric
 from harness.errors import InputError
-from harness.results import TrialStatus, load_records, write_record, write_scores_table
-from harness.trial import failed_record_for, run_trial, trial_dir
+from harness.results import TrialRecord, TrialStatus, load_records, read_record, write_scores_table
+from harness.trial import failed_record_for, run_trial, save_record, trial_dir
 
 log = logging.getLogger(__name__)
 
 # Settings the driver's environment passes on to trials (fault injection, W&B mode, caches).
-FORWARDED_ENV = ("HARNESS_FAULTS", "HARNESS_CACHE_DIR", "WANDB_MODE", "HF_HUB_OFFLINE",
+FORWARDED_ENV = ("HARNESS_FAULTS", "HARNESS_CACHE_DIR", "WANDB_MODE", "WANDB_BASE_URL", "HF_HUB_OFFLINE",
                  "HARNESS_MINILM_MODEL", "HARNESS_MULTILINGUAL_ST_MODEL")
+STOPPED_BY_SCHEDULER = "asha"  # record.meta["stopped_by"] of a trial ASHA stopped: done, not re-run
 
 
 @dataclass
@@ -36,6 +52,7 @@ class SweepOutcome:
     ran: int
     skipped: int
     failed: list[str]
+    cancelled: list[str] = field(default_factory=list)  # stopped early (ASHA)
 
 
 def planned_trials(spec: SweepSpec) -> list[TrialSpec]:
@@ -43,10 +60,16 @@ def planned_trials(spec: SweepSpec) -> list[TrialSpec]:
     return ([baseline_trial(spec)] if spec.eval.baseline else []) + trials
 
 
+def is_done(record: TrialRecord) -> bool:
+    """Finished for good: a success, or a trial the scheduler stopped on purpose."""
+    return record.ok or (record.train.status is TrialStatus.CANCELLED
+                         and record.meta.get("stopped_by") == STOPPED_BY_SCHEDULER)
+
+
 def finished_ids(results_dir: Path) -> set[str]:
-    """Trial ids whose record says success: these are never re-run."""
+    """Trial ids whose record says they are done: these are never re-run."""
     records, _ = load_records(results_dir)
-    return {r.run.trial_id for r in records if r.ok}
+    return {r.run.trial_id for r in records if is_done(r)}
 
 
 def write_resolved_spec(spec: SweepSpec, results_dir: Path) -> None:
@@ -64,24 +87,48 @@ def write_resolved_spec(spec: SweepSpec, results_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Resources
+# Resources: pure functions of the cluster's resource dicts, so they are tested without Ray
 
 
-def trial_resources(spec: SweepSpec, cluster: dict[str, float]) -> dict[str, float]:
-    """What each trial asks Ray for. Never a resource the cluster lacks: Ray would wait forever."""
-    gpus_available = cluster.get("GPU", 0)
+def alive_nodes(nodes: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """The resource totals of the live nodes in a `ray.nodes()` listing."""
+    return [dict(n.get("Resources", {})) for n in nodes if n.get("Alive", True)]
+
+
+def trial_resources(spec: SweepSpec, cluster: dict[str, float],
+                    nodes: list[dict[str, float]] | None = None) -> dict[str, float]:
+    """What each trial asks Ray for: {"cpu": c, "gpu": g}. Raises InputError for a request that no
+    single node can hold (Ray would wait forever): per node, not the cluster sum."""
+    nodes = nodes if nodes is not None else [cluster]
+    most_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
     gpu = spec.resources.gpu
     if gpu == "auto":
-        gpu = 1 if gpus_available else 0
-    if gpu and not gpus_available:
-        raise InputError(f"resources.gpu: {gpu} GPU per trial requested but the Ray cluster has no GPU; "
+        gpu = 1.0 if most_gpus >= 1 else 0.0
+    gpu, cpu = float(gpu), float(spec.resources.cpu)
+    if gpu > 1:
+        raise InputError(f"resources.gpu: {gpu:g} GPUs per trial: trials on several GPUs (torch "
+                         "distributed) are not supported yet; use 1, or a fraction such as 0.25 to pack "
+                         "trials on one GPU")
+    if gpu and not cluster.get("GPU", 0):
+        raise InputError(f"resources.gpu: {gpu:g} GPU per trial requested but the Ray cluster has no GPU; "
                          "set resources.gpu: 0 (or auto) to run on CPUs")
-    if gpu > gpus_available:
-        raise InputError(f"resources.gpu: {gpu} GPUs per trial but the cluster has {gpus_available:g}")
-    if spec.resources.cpu > cluster.get("CPU", 0):
-        raise InputError(f"resources.cpu: {spec.resources.cpu:g} CPUs per trial but the cluster has "
-                         f"{cluster.get('CPU', 0):g}")
-    return {"cpu": spec.resources.cpu, "gpu": float(gpu)}
+    if not any(n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu for n in nodes):
+        raise InputError(f"resources: no node can hold one trial ({cpu:g} CPU{_and_gpu(gpu)}); the nodes "
+                         f"have {describe_nodes(nodes)}; lower resources.cpu or resources.gpu")
+    return {"cpu": cpu, "gpu": gpu}
+
+
+def _and_gpu(gpu: float) -> str:
+    return f" + {gpu:g} GPU" if gpu else ""
+
+
+def describe_nodes(nodes: list[dict[str, float]]) -> str:
+    """'2 x (4 CPU, 1 GPU); 1 x (8 CPU)' for an error message."""
+    counts: dict[str, int] = {}
+    for n in nodes:
+        text = f"{n.get('CPU', 0):g} CPU" + (f", {n['GPU']:g} GPU" if n.get("GPU") else "")
+        counts[text] = counts.get(text, 0) + 1
+    return "; ".join(f"{k} x ({text})" for text, k in counts.items()) or "no live nodes"
 
 
 def _init_ray(address: str | None, num_cpus: int | None):
@@ -90,8 +137,8 @@ def _init_ray(address: str | None, num_cpus: int | None):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
         return ray
-    if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+    if address:  # an existing cluster ("auto", "host:port", "ray://host:10001"): its resources as they are
+        ray.init(address=address, log_to_driver=True)
     else:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                  log_to_driver=True)
@@ -99,50 +146,127 @@ def _init_ray(address: str | None, num_cpus: int | None):
 
 
 # ---------------------------------------------------------------------------------------------
-# The trainable
+# The trainable (runs on a Ray worker)
 
 
-def _trainable(config: dict[str, Any]) -> None:
-    """Runs on a Ray worker: rebuild the spec, run it, report the outcome to Tune."""
+def _trainable(config: dict[str, Any], table: dict[str, Any] | None = None) -> None:
+    """Rebuild the spec, run it (or reuse its finished record), report the outcome to Tune."""
+    import ray
     import torch
     from ray import tune
 
-    spec = TrialSpec.model_validate(config["trial"])
-    torch.set_num_threads(max(int(config["threads"]), 1))
     os.environ.update(config["env"])  # workers may predate the driver's environment
+    trial_id = config.get("trial_id") or table["keys"][factor_key(config)]
+    spec = TrialSpec.model_validate(table["trials"][trial_id])
+    torch.set_num_threads(max(int(config["threads"]), 1))
+    results_dir = Path(config["results_dir"])
+    tag = {"harness_trial_id": trial_id}
+    record = _finished_record(results_dir, spec)
+    if record is None:
+        def report(metrics: dict[str, Any]) -> None:
+            if metrics.get("step", 0) >= spec.train.steps:  # ASHA acts before the last step only:
+                metrics = {k: v for k, v in metrics.items() if k != "eval_loss"}  # never stop a finished run
+            try:
+                tune.report({**metrics, **tag, "harness_done": False})
+            except Exception as exc:  # the driver is gone: write nothing, a resume re-runs the trial
+                raise DriverLost(f"cannot report to the Tune driver: {exc}") from exc
 
-    def report(metrics: dict[str, Any]) -> None:
-        tune.report({**metrics, "done": False})
+        wandb = config["wandb"]
+        meta = {"ray_node_id": ray.get_runtime_context().get_node_id(),
+                "tune_trial_id": tune.get_context().get_trial_id()}
+        record = run_trial(spec, results_dir, reporter=report, wandb_mode=wandb["mode"],
+                           wandb_project=wandb["project"], wandb_entity=wandb["entity"],
+                           wandb_init_timeout=wandb["init_timeout"], meta=meta)
+    tune.report({**outcome_metrics(record), **tag, "harness_done": True})
 
-    record = run_trial(spec, Path(config["results_dir"]), reporter=report,
-                       wandb_mode=config["wandb"]["mode"], wandb_project=config["wandb"]["project"],
-                       wandb_entity=config["wandb"]["entity"])
-    overall = {f"{k}/overall": v.overall for k, v in record.eval.items()}
-    tune.report({"status": record.train.status.value, "done": True, **overall})
+
+class DriverLost(BaseException):
+    """Reporting to Tune failed: not an Exception, so run_trial writes no record for it."""
+
+
+def outcome_metrics(record: TrialRecord) -> dict[str, Any]:
+    """The final result a trial reports: status, held-out loss, overall and pooled scores.
+    No "step" key: ASHA acts on intermediate reports only."""
+    out: dict[str, Any] = {"status": record.train.status.value}
+    if record.train.eval_loss is not None:
+        out["eval_loss"] = record.train.eval_loss
+    for name, res in record.eval.items():
+        out.update({f"{name}/{k}": v for k, v in (("overall", res.overall), ("pooled", res.pooled))
+                    if v is not None})
+    return out
+
+
+def _finished_record(results_dir: Path, spec: TrialSpec) -> TrialRecord | None:
+    """The trial's record when it is already done (an Optuna repeat, a second driver): not re-run."""
+    path = trial_dir(results_dir, spec) / f"{spec.trial_id}.json"
+    try:
+        record = read_record(path) if path.exists() else None
+    except InputError:
+        return None
+    return record if record is not None and is_done(record) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
 
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = False,
               num_cpus: int | None = None) -> SweepOutcome:
-    from ray import tune
-
     results_dir = spec.results_dir.resolve()
-    existing = finished_ids(results_dir)
-    if existing and not resume:
-        raise InputError(f"{results_dir} already has {len(existing)} finished trial(s); pass --resume "
+    done = finished_ids(results_dir)
+    if done and not resume:
+        raise InputError(f"{results_dir} already has {len(done)} finished trial(s); pass --resume "
                          "to run only the missing ones, or choose another output_dir")
     write_resolved_spec(spec, results_dir)
     trials = planned_trials(spec)
-    todo = [t for t in trials if t.trial_id not in existing]
-    if todo:
+    todo = [t for t in trials if t.trial_id not in done]
+    ran = 0
+    if todo and _samples_left(spec, trials, done):
         _prepare_base_model(spec)
         ray = _init_ray(address, num_cpus)
-        resources = trial_resources(spec, ray.cluster_resources())
-        _run_tuner(spec, todo, resources, results_dir)
-        _record_lost_trials(todo, results_dir)
+        resources = trial_resources(spec, ray.cluster_resources(), alive_nodes(ray.nodes()))
+        ran = _run(spec, trials, todo, done, resources, results_dir)
     write_scores_table(results_dir)
     records, _ = load_records(results_dir)
-    failed = [r.run.trial_id for r in records if r.train.status is not TrialStatus.SUCCESS]
-    return SweepOutcome(results_dir, ran=len(todo), skipped=len(trials) - len(todo), failed=failed)
+    status = {r.run.trial_id: r.train.status for r in records}
+    return SweepOutcome(results_dir, ran=ran, skipped=len(trials) - len(todo),
+                        failed=[t for t, s in status.items() if s is TrialStatus.FAILED],
+                        cancelled=[t for t, s in status.items() if s is TrialStatus.CANCELLED])
+
+
+def _samples_left(spec: SweepSpec, trials: list[TrialSpec], done: set[str]) -> int:
+    """Trials still to run: all missing ones for a grid; for Optuna, num_samples minus the done
+    sampled ones (plus the baseline), never more than the grid has left."""
+    missing = [t for t in trials if t.trial_id not in done]
+    if spec.search.method == "grid":
+        return len(missing)
+    sampled = sum(1 for t in trials if t.kind == "trial" and t.trial_id in done)
+    wanted = max(spec.search.num_samples - sampled, 0)
+    return min(wanted, sum(t.kind == "trial" for t in missing)) + sum(t.kind == "baseline" for t in missing)
+
+
+def _run(spec: SweepSpec, trials: list[TrialSpec], todo: list[TrialSpec], done: set[str],
+         resources: dict[str, float], results_dir: Path) -> int:
+    since = time.time() - 1  # records written from here on are this run's (1 s of mtime slack)
+    if spec.search.method == "grid":
+        grid = _fit(spec, todo, resources, results_dir, searcher=None, samples=0)
+        _record_outcomes(spec, grid, results_dir, todo, since)
+        return len(todo)
+    ran = 0
+    baseline = [t for t in todo if t.kind == "baseline"]
+    if baseline:  # outside the factor space: run it on its own
+        grid = _fit(spec, baseline, resources, results_dir, None, 0)
+        _record_outcomes(spec, grid, results_dir, baseline, since)
+        ran += 1
+    samples = _samples_left(spec, [t for t in trials if t.kind == "trial"], done)
+    if samples:
+        sampler = FactorSampler.for_sweep(spec, trials, load_records(results_dir)[0])
+        searcher = factor_searcher(sampler, *search_metric(spec))
+        real = [t for t in trials if t.kind == "trial"]
+        _record_outcomes(spec, _fit(spec, real, resources, results_dir, searcher, samples), results_dir,
+                         [], since)
+        ran += samples
+    return ran
 
 
 def _prepare_base_model(spec: SweepSpec) -> None:
@@ -152,31 +276,248 @@ def _prepare_base_model(spec: SweepSpec) -> None:
     resolve_model_path(spec.base_model)
 
 
-def _run_tuner(spec: SweepSpec, todo: list[TrialSpec], resources: dict[str, float], results_dir: Path):
+def _fit(spec: SweepSpec, trials: list[TrialSpec], resources: dict[str, float], results_dir: Path,
+         searcher: Any | None, samples: int):
+    """One Tune run: a grid over trial ids, or `samples` draws of the searcher over factor choices."""
     from ray import tune
 
-    trainable = tune.with_resources(_trainable, resources)
-    param_space = {
-        "trial": tune.grid_search([t.model_dump(mode="json") for t in todo]),
+    table = {"trials": {t.trial_id: t.model_dump(mode="json") for t in trials},
+             "keys": {_key_text(k): i for k, i in factor_keys(spec, trials).items()}}
+    trainable = tune.with_resources(tune.with_parameters(_trainable, table=table), resources)
+    param_space: dict[str, Any] = {
         "results_dir": str(results_dir),
         "threads": max(int(resources["cpu"]), 1),
         "wandb": spec.wandb.model_dump(),
         "env": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
     }
+    if searcher is None:
+        param_space["trial_id"] = tune.grid_search([t.trial_id for t in trials])
     tuner = tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.max_concurrent),
-        run_config=tune.RunConfig(name="tune", storage_path=str(results_dir / "ray"), verbose=1,
-                                  failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.max_concurrent,
+                                    search_alg=searcher, scheduler=_scheduler(spec),
+                                    num_samples=samples if searcher is not None else 1,
+                                    reuse_actors=True, trial_name_creator=_trial_name,
+                                    trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(
+            # a fresh name per driver run: a killed run's leftovers are never read back
+            name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            storage_path=str(results_dir / "ray"), verbose=1,
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
     )
-    return tuner.fit()
+    with _lenient_metric_checks():
+        return tuner.fit()
 
 
-def _record_lost_trials(todo: list[TrialSpec], results_dir: Path) -> None:
-    """A trial whose worker died (killed, segfault) wrote no record: write a failed one for it."""
-    have = {r.run.trial_id for r in load_records(results_dir)[0]}
-    for spec in todo:
-        if spec.trial_id not in have:
-            record = failed_record_for(spec, "worker died before writing a record (killed or crashed)")
-            write_record(record, trial_dir(results_dir, spec))
+@contextlib.contextmanager
+def _lenient_metric_checks():
+    """Intermediate reports carry losses and the final one the scores, so not every result has
+    every metric; Tune's strict check (read in the driver) would call that an error."""
+    name = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
+    before = os.environ.get(name)
+    os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def _scheduler(spec: SweepSpec):
+    if spec.search.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    grace = spec.search.grace_period or spec.train.eval_every
+    # stop_last_trials=False: a trial that reaches the last step is never stopped before evaluation
+    return ASHAScheduler(time_attr="step", metric="eval_loss", mode="min", max_t=spec.train.steps,
+                         grace_period=grace, reduction_factor=spec.search.reduction_factor,
+                         stop_last_trials=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# After a Tune run: records for trials that ended without writing one
+
+
+def _record_outcomes(spec: SweepSpec, grid, results_dir: Path, expected: list[TrialSpec],
+                     since: float) -> None:
+    """A trial that ASHA stopped gets a cancelled record; one whose worker died (killed, segfault)
+    a failed one, with Tune's error as the reason. `expected` trials with no record written since
+    the Tune run began (`since`, a time.time()) get a failed record too."""
+    specs = {t.trial_id: t for t in planned_trials(spec)}
+    keys = factor_keys(spec, list(specs.values()))
+    have = _written_since(results_dir, since)  # an older record (a failure before a resume) is replaced
+    for result in grid:
+        trial_id = result.config.get("trial_id") or keys.get(factor_key(result.config, text=False))
+        if trial_id is None or trial_id in have or trial_id not in specs:
+            continue
+        save_record(_record_for_result(specs[trial_id], result), trial_dir(results_dir, specs[trial_id]))
+        have.add(trial_id)
+    for t in expected:
+        if t.trial_id not in have:
+            save_record(failed_record_for(t, "worker died before writing a record (killed or crashed)"),
+                        trial_dir(results_dir, t))
+
+
+def _written_since(results_dir: Path, since: float) -> set[str]:
+    paths = [*results_dir.glob("trials/*.json"), *results_dir.glob("baseline/*.json")]
+    return {p.stem for p in paths if p.stat().st_mtime >= since}
+
+
+def _record_for_result(spec: TrialSpec, result) -> TrialRecord:
+    metrics = result.metrics or {}
+    if result.error is None and not metrics.get("harness_done") and "eval_loss" in metrics:
+        step, loss = metrics.get("step"), metrics["eval_loss"]
+        record = failed_record_for(spec, f"early-stopped by ASHA at step {step}: held-out loss "
+                                         f"{loss:.4f} trailed its rung", status=TrialStatus.CANCELLED)
+        record.train.steps, record.train.eval_loss = int(step or 0), float(loss)
+        record.train.final_loss = metrics.get("train_loss")
+        record.meta.update({"stopped_by": STOPPED_BY_SCHEDULER, "host": metrics.get("hostname")})
+        return record
+    return failed_record_for(spec, "worker died before writing a record" + _error_reason(result.error))
+
+
+def _error_reason(error: BaseException | None) -> str:
+    """': ActorDiedError: The actor died unexpectedly ... (pid 123, ip 10.0.0.2). ... Worker exit
+    detail: ...' from Tune's error: Ray's own words, without its generic list of common causes."""
+    if error is None:
+        return " (killed or crashed)"
+    text = str(error).split("Some common causes include", 1)[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    where = [ln for ln in lines if ln.startswith(("pid:", "ip:"))]
+    prose = [ln for ln in lines if ":" not in ln.split(" ", 1)[0] or ln.endswith(".")]
+    prose = [ln for ln in prose if not ln.startswith(("Failure #", "class_name:", "actor_id:", "namespace:"))]
+    summary = " ".join(prose)
+    if where and prose:
+        summary = f"{prose[0].rstrip('.')} ({', '.join(where)}). " + " ".join(prose[1:])
+    return f": {type(error).__name__}: {' '.join(summary.split())[:600]}".rstrip()
+
+
+def _trial_name(trial) -> str:
+    """Tune's name for a trial: the harness trial id (grid) or its factor choices (Optuna)."""
+    config = trial.config
+    name = config.get("trial_id") or "-".join(f"{f}{config.get(f)}" for f in FACTORS)
+    return f"{name}-{trial.trial_id}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Optuna over the grid's factor choices
+
+
+FACTORS = ("data_set", "volume", "lora_rank", "seed")
+
+
+def factor_keys(spec: SweepSpec, trials: list[TrialSpec]) -> dict[tuple, str]:
+    """(data-set index, volume, rank, seed) -> trial id, for the real trials of the grid."""
+    sets = [(d, s) for d, s in data_sets(spec)]
+    return {(sets.index((t.domains, t.subtasks)), t.volume, t.lora_rank, t.seed): t.trial_id
+            for t in trials if t.kind == "trial"}
+
+
+def factor_key(config: dict[str, Any], text: bool = True):
+    key = tuple(config.get(f) for f in FACTORS)
+    return _key_text(key) if text else key
+
+
+def _key_text(key: tuple) -> str:
+    return "|".join(str(k) for k in key)  # object-store friendly (no tuple keys)
+
+
+def factor_space(spec: SweepSpec) -> dict[str, list]:
+    """The choices of each factor: what Optuna samples (indices for the data sets)."""
+    return {"data_set": list(range(len(data_sets(spec)))),
+            "volume": spec.grid.volume or [spec.data.per_subtask],
+            "lora_rank": list(spec.grid.lora_rank), "seed": list(spec.grid.seed)}
+
+
+class FactorSampler:
+    """Optuna's TPE sampler over the grid's factor choices, every draw a distinct grid trial (Optuna
+    only, no Ray: the Tune searcher below is a thin adapter).
+
+    A draw that repeats a trial already drawn is told to Optuna as failed and drawn again (after a
+    few tries the first undrawn trial is enqueued), so `num_samples` counts distinct trials and a
+    resume draws only what is missing. Finished records warm-start the sampler (`known`)."""
+
+    def __init__(self, space: dict[str, list], keys: dict[tuple, str], mode: str, seed: int,
+                 known: list[tuple[tuple, float | None]] = ()):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self._optuna, self._keys, self._seen = optuna, keys, set()
+        self._dists = {n: optuna.distributions.CategoricalDistribution(c) for n, c in space.items()}
+        self._study = optuna.create_study(direction="minimize" if mode == "min" else "maximize",
+                                          sampler=optuna.samplers.TPESampler(seed=seed))
+        for key, value in known:
+            self._seen.add(key)
+            self._study.add_trial(optuna.trial.create_trial(
+                params=dict(zip(FACTORS, key)), distributions=self._dists, value=value,
+                state=self._state(value)))
+
+    def _state(self, value: float | None):
+        states = self._optuna.trial.TrialState
+        return states.FAIL if value is None else states.COMPLETE
+
+    def draw(self) -> tuple[Any, tuple] | None:
+        """(handle, factor key) of a trial not drawn before; None when the grid is exhausted."""
+        undrawn = [k for k in self._keys if k not in self._seen]
+        if not undrawn:
+            return None
+        for _ in range(20):
+            handle = self._study.ask(self._dists)
+            key = tuple(handle.params[f] for f in FACTORS)
+            if key in self._keys and key not in self._seen:
+                break
+            self._study.tell(handle, state=self._state(None))  # a repeat teaches the sampler nothing
+        else:
+            self._study.enqueue_trial(dict(zip(FACTORS, undrawn[0])))
+            handle, key = self._study.ask(self._dists), undrawn[0]
+        self._seen.add(key)
+        return handle, key
+
+    def tell(self, handle: Any, value: float | None) -> None:
+        if value is None:
+            self._study.tell(handle, state=self._state(None))
+        else:
+            self._study.tell(handle, float(value))
+
+    @classmethod
+    def for_sweep(cls, spec: SweepSpec, trials: list[TrialSpec], records: list[TrialRecord]):
+        try:
+            import optuna  # noqa: F401
+        except ImportError as exc:
+            from harness.errors import MissingDependencyError
+
+            raise MissingDependencyError(f"search.method optuna needs optuna ({exc}); "
+                                         "pip install optuna") from exc
+        metric, mode = search_metric(spec)
+        keys = factor_keys(spec, trials)
+        by_id = {i: k for k, i in keys.items()}
+        known = [(by_id[r.run.trial_id], outcome_metrics(r).get(metric))
+                 for r in records if r.run.trial_id in by_id and is_done(r)]
+        return cls(factor_space(spec), keys, mode, spec.search.sampler_seed, known)
+
+
+def factor_searcher(sampler: FactorSampler, metric: str, mode: str):
+    """A Ray Tune Searcher that suggests the sampler's draws as factor choices."""
+    from ray.tune.search import Searcher
+
+    class FactorSearch(Searcher):
+        def __init__(self):
+            super().__init__(metric=metric, mode=mode)
+            self._live: dict[str, Any] = {}
+
+        def suggest(self, trial_id: str):
+            drawn = sampler.draw()
+            if drawn is None:
+                return Searcher.FINISHED
+            self._live[trial_id] = drawn[0]
+            return dict(zip(FACTORS, drawn[1]))
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+            handle = self._live.pop(trial_id, None)
+            if handle is not None:
+                sampler.tell(handle, None if error else (result or {}).get(metric))
+
+    return FactorSearch()

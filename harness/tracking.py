@@ -56,7 +56,11 @@ def wandb_run_id(sweep: str, trial_id: str) -> str:
 
 
 def start_trial_run(*, sweep: str, trial_id: str, cell_id: str, name: str, config: dict[str, Any],
-                    project: str, entity: str | None, mode: str, root: Path) -> TrialLogger:
+                    project: str, entity: str | None, mode: str, root: Path,
+                    init_timeout: float = 90.0) -> TrialLogger:
+    """A W&B run for one trial, or a no-op logger when W&B is disabled, missing or unreachable.
+
+    init_timeout (seconds) bounds how long an unreachable server can hold the trial up."""
     mode = os.environ.get("WANDB_MODE", mode)
     if mode == "disabled":
         return TrialLogger()
@@ -70,7 +74,9 @@ def start_trial_run(*, sweep: str, trial_id: str, cell_id: str, name: str, confi
         run = wandb.init(
             project=project, entity=entity, id=wandb_run_id(sweep, trial_id), resume="allow",
             group=cell_id, name=name, tags=[sweep], config=config, mode=mode, dir=str(root),
-            reinit="finish_previous", settings=wandb.Settings(silent=True, console="off"),
+            reinit="finish_previous",
+            settings=wandb.Settings(silent=True, console="off", init_timeout=init_timeout,
+                                    login_timeout=init_timeout),
         )
     except Exception as exc:  # noqa: BLE001 - unreachable server, bad key, ...: keep going
         log.warning("W&B init failed (%s); the trial goes on and its record is written locally", exc)

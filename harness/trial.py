@@ -5,6 +5,11 @@
 Reads top to bottom as setup -> train -> evaluate -> save. Every failure (an exception, a NaN loss,
 out of memory twice) still ends in a record with status `failed` and the reason, written atomically,
 so a sweep can go on and the report can say what went wrong. Ray (sweep.py) is a thin adapter on top.
+
+Artifacts: the LoRA adapter only (peft `save_pretrained`, no base weights, no optimiser state), in
+`<results>/adapters/<trial_id>/`; intermediate ones in `step-<N>/` below it when the sweep keeps more
+than one (`train.keep_checkpoints`, `train.checkpoint_every`). With `train.eval_every`, a held-out
+loss is measured during training and reported (Ray Tune's ASHA scheduler stops trials on it).
 """
 
 from __future__ import annotations
@@ -12,17 +17,20 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from harness.config import TrialSpec
+from harness.errors import InputError
 from harness.results import (DataInfo, EvalResult, RunInfo, TrainInfo, TrialRecord, TrialStatus,
-                             write_record)
+                             read_record, write_record)
 
 log = logging.getLogger(__name__)
 Reporter = Callable[[dict[str, Any]], None]
@@ -34,51 +42,103 @@ def trial_dir(results_dir: Path, spec: TrialSpec) -> Path:
     return Path(results_dir) / ("baseline" if spec.kind == "baseline" else "trials")
 
 
+def adapter_dir(results_dir: Path, spec: TrialSpec) -> Path:
+    return Path(results_dir) / "adapters" / spec.trial_id
+
+
 def run_trial(spec: TrialSpec, results_dir: Path, *, device: str | None = None,
               reporter: Reporter | None = None, wandb_mode: str = "offline",
-              wandb_project: str = "divcap", wandb_entity: str | None = None) -> TrialRecord:
-    """Run one trial end to end and write its record; never raises for a failed trial."""
+              wandb_project: str = "divcap", wandb_entity: str | None = None,
+              wandb_init_timeout: float = 90.0, meta: dict[str, Any] | None = None) -> TrialRecord:
+    """Run one trial end to end and write its record; never raises for a failed trial.
+
+    `meta` is merged into the record's meta (the driver adds the Ray node id). A BaseException that
+    is not an Exception (the scheduler stopping the trial, Ctrl-C) writes no record: whoever stopped
+    the trial records why."""
     results_dir = Path(results_dir)
     device = device or select_device()
-    logger = _start_logger(spec, results_dir, wandb_mode, wandb_project, wandb_entity)
-    started = time.perf_counter()
+    logger = _start_logger(spec, results_dir, wandb_mode, wandb_project, wandb_entity, wandb_init_timeout)
+    started, record = time.perf_counter(), None
     try:
-        record = _execute(spec, device, logger, reporter)
-    except Exception as exc:  # noqa: BLE001 - the record carries the reason
-        log.error("trial %s failed: %s", spec.trial_id, exc)
-        record = _failed_record(spec, exc)
-    record.train.wall_s = record.train.wall_s or time.perf_counter() - started
-    record.meta.update(run_meta(device))
-    write_record(record, trial_dir(results_dir, spec))
-    _finish_logger(logger, record)
+        try:
+            record = _execute(spec, device, logger, reporter, results_dir)
+        except Exception as exc:  # noqa: BLE001 - the record carries the reason
+            record = _failed_record(spec, exc)
+            log.error("trial %s failed: %s", spec.trial_id, record.train.reason)
+            traceback.clear_frames(exc.__traceback__)  # the frames hold the model (and GPU memory)
+        record.train.wall_s = record.train.wall_s or time.perf_counter() - started
+        record.meta.update(run_meta(device))
+        record.meta.update(meta or {})
+        save_record(record, trial_dir(results_dir, spec))
+    finally:
+        _finish_logger(logger, record)
+        _release(device)  # the model is out of scope here: the next trial on this worker starts clean
     return record
+
+
+def save_record(record: TrialRecord, directory: Path) -> Path:
+    """Write a record atomically, keyed by trial id, so a rewrite replaces and never duplicates.
+
+    A failed or cancelled record never replaces a successful one: a stale worker of a killed driver,
+    or a failed re-run, cannot hide a result that exists."""
+    path = Path(directory) / f"{record.run.trial_id}.json"
+    if not record.ok and path.exists():
+        try:
+            existing = read_record(path)
+        except InputError:
+            existing = None
+        if existing is not None and existing.ok:
+            log.warning("trial %s: keeping its successful record; not replacing it with a %s one (%s)",
+                        record.run.trial_id, record.train.status.value, record.train.reason)
+            return path
+    return write_record(record, directory)
 
 
 def inject_fault(spec: TrialSpec, stage: str) -> None:
     """Deliberate faults for testing the driver's fault handling, from HARNESS_FAULTS.
 
-    HARNESS_FAULTS="kill:<trial-id prefix>,raise:<prefix>,oom:<prefix>": kill SIGKILLs the worker
-    process at the start of training; raise raises; oom raises torch.OutOfMemoryError on the first
-    training attempt only (the retry then succeeds). A NaN loss needs no hook: a huge lr makes one.
+    HARNESS_FAULTS="kill:<trial-id prefix>,raise:<prefix>,oom:<prefix>,nan:<prefix>,diverge:<prefix>":
+    kill SIGKILLs the worker process at the start of training; raise raises; oom raises
+    torch.OutOfMemoryError on the first training attempt only (the retry then succeeds); nan makes the
+    model's logits NaN, so the training loss really becomes NaN; diverge flips the gradients' sign, so
+    the loss climbs without a NaN (a run going wrong that early stopping should catch). The last two
+    act on the model: see `_inject_model_faults`.
     """
-    faults = os.environ.get("HARNESS_FAULTS", "")
-    for item in filter(None, (f.strip() for f in faults.split(","))):
-        kind, _, prefix = item.partition(":")
-        if not prefix or not spec.trial_id.startswith(prefix) or kind != stage:
-            continue
-        if kind == "kill":
-            import signal
+    if not _fault_matches(spec, stage):
+        return
+    if stage == "kill":
+        import signal
 
-            os.kill(os.getpid(), signal.SIGKILL)
-        if kind == "raise":
-            raise RuntimeError(f"injected fault (HARNESS_FAULTS={faults})")
-        if kind == "oom":
-            import torch
+        os.kill(os.getpid(), signal.SIGKILL)
+    if stage == "raise":
+        raise RuntimeError(f"injected fault (HARNESS_FAULTS={os.environ['HARNESS_FAULTS']})")
+    if stage == "oom":
+        import torch
 
-            raise torch.OutOfMemoryError("injected out-of-memory (HARNESS_FAULTS)")
+        raise torch.OutOfMemoryError("injected out-of-memory (HARNESS_FAULTS)")
 
 
-def _execute(spec: TrialSpec, device: str, logger, reporter: Reporter | None) -> TrialRecord:
+def _fault_matches(spec: TrialSpec, kind: str) -> bool:
+    for item in filter(None, (f.strip() for f in os.environ.get("HARNESS_FAULTS", "").split(","))):
+        name, _, prefix = item.partition(":")
+        if name == kind and prefix and spec.trial_id.startswith(prefix):
+            return True
+    return False
+
+
+def _inject_model_faults(model: Any, spec: TrialSpec) -> None:
+    """nan: NaN logits, so the real loss check sees a real NaN; diverge: gradient ascent."""
+    if _fault_matches(spec, "nan"):
+        head = model.get_base_model().get_output_embeddings()
+        head.register_forward_hook(lambda _module, _inputs, out: out * float("nan"))
+    if _fault_matches(spec, "diverge"):
+        for param in model.parameters():
+            if param.requires_grad:
+                param.register_hook(lambda grad: -grad)
+
+
+def _execute(spec: TrialSpec, device: str, logger, reporter: Reporter | None,
+             results_dir: Path) -> TrialRecord:
     import torch
 
     from harness.data import build_eval_sets, build_mixture
@@ -90,34 +150,37 @@ def _execute(spec: TrialSpec, device: str, logger, reporter: Reporter | None) ->
     tokenizer, model, info = load_base_model(spec.base_model, device=device, dtype=spec.train.dtype,
                                              trust_remote_code=spec.trust_remote_code)
     fmt = resolve_format(spec.eval.prompt_format, tokenizer)
-    data_info, train_info = DataInfo(), TrainInfo(status=TrialStatus.SUCCESS)
+    data_info, train_info, artifacts = DataInfo(), TrainInfo(status=TrialStatus.SUCCESS), {}
     if spec.kind == "trial":
         mixture = build_mixture(spec.subtasks, spec.volume, spec.data, eval_sets,
                                 tokenizer_id=info.revision)
+        progress = Progress(spec=spec, tokenizer=tokenizer, fmt=fmt, device=device, logger=logger,
+                            reporter=reporter, rows=validation_rows(spec),
+                            adapters=adapter_dir(results_dir, spec))
         model, result, retries = _train_with_oom_retry(model, tokenizer, mixture.rows, spec, fmt,
-                                                       device, logger, reporter)
+                                                       device, progress)
+        artifacts = progress.save_final(model)
         data_info = DataInfo(fingerprint=mixture.fingerprint, examples=mixture.stats.examples,
                              tokens=result.tokens_per_subtask, diversity=mixture.stats.diversity(),
                              contaminated_removed=mixture.stats.contaminated_removed,
                              skipped_rows=mixture.stats.skipped_rows)
         train_info = TrainInfo(status=TrialStatus.SUCCESS, steps=result.steps, tokens=result.tokens,
-                               final_loss=result.final_loss, wall_s=result.wall_s,
-                               tokens_per_s=result.tokens_per_s, peak_mem_mb=result.peak_mem_mb,
+                               final_loss=result.final_loss, eval_loss=progress.final_eval_loss(model),
+                               wall_s=result.wall_s, tokens_per_s=result.tokens_per_s,
+                               peak_mem_mb=result.peak_mem_mb,
                                trainable_params=result.trainable_params, loss_curve=result.loss_curve,
-                               retries=retries)
+                               retries=retries, **progress.curve_info())
     evals = evaluate_model(model, tokenizer, eval_sets, spec, fmt, device)
     for name, res in evals.items():
         logger.summary({f"{name}/overall": res.overall, f"{name}/pooled": res.pooled,
                         **{f"{name}/{t}": s.score for t, s in res.tasks.items()}})
-    record = TrialRecord(
+    return TrialRecord(
         run=RunInfo(trial_id=spec.trial_id, cell_id=spec.cell_id, kind=spec.kind, sweep=spec.sweep,
                     factors=spec.factors),
         data=data_info, train=train_info, eval=evals,
         meta={"base_model": info.model_id, "base_model_revision": info.revision,
-              "base_model_params": info.n_params, "prompt_format": fmt},
+              "base_model_params": info.n_params, "prompt_format": fmt, **artifacts},
     )
-    _release(model, device)
-    return record
 
 
 def evaluate_model(model: Any, tokenizer: Any, eval_sets: dict[str, list[dict[str, Any]]],
@@ -127,25 +190,22 @@ def evaluate_model(model: Any, tokenizer: Any, eval_sets: dict[str, list[dict[st
 
     out = {}
     for name, rows in eval_sets.items():
-        responses = generate_responses(model, tokenizer, rows, fmt=fmt,
-                                       batch_size=spec.eval.batch_size, device=device)
+        responses = generate_responses(model, tokenizer, rows, fmt=fmt, batch_size=spec.eval.batch_size,
+                                       device=device, mc_logits=spec.eval.mc_logits)
         out[name] = EvalResult.model_validate(score_responses(rows, responses).to_dict())
     return out
 
 
-def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, logger, reporter):
+def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, progress: "Progress"):
     """Out of memory is retried once with half the micro-batch and twice the accumulation
     (the same effective batch); the record lists the retry."""
     import torch
 
     from harness.train import attach_lora, train_lora
 
-    def on_log(step: int, loss: float) -> None:
-        logger.log({"train/loss": loss}, step=step)
-        if reporter:
-            reporter({"step": step, "train_loss": loss})
-
     model = attach_lora(model, spec.lora_rank, spec.lora_alpha, spec.train)
+    progress.start(model)
+    _inject_model_faults(model, spec)
     train_spec, retries = spec.train, []
     for attempt in range(2):
         try:
@@ -154,19 +214,118 @@ def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, 
             if attempt == 0:
                 inject_fault(spec, "oom")
             result = train_lora(model, tokenizer, rows, train_spec, seed=spec.seed, fmt=fmt,
-                                device=device, on_log=on_log)
+                                device=device, on_log=progress)
             return model, result, retries
-        except torch.OutOfMemoryError:
+        except torch.OutOfMemoryError as exc:
             if attempt == 1 or train_spec.micro_batch == 1:
                 raise
+            traceback.clear_frames(exc.__traceback__)  # drop the failed step's activations
             half = train_spec.micro_batch // 2
             retries.append(f"oom: micro_batch {train_spec.micro_batch} -> {half}, "
                            f"grad_accum {train_spec.grad_accum} -> {train_spec.grad_accum * 2}")
             train_spec = train_spec.model_copy(update={"micro_batch": half,
                                                        "grad_accum": train_spec.grad_accum * 2})
             model.zero_grad(set_to_none=True)
-            _release(None, device)
+            progress.restart()
+            _release(device)
     raise AssertionError("unreachable")
+
+
+def validation_rows(spec: TrialSpec) -> list[dict[str, Any]]:
+    """Rows for the training-time held-out loss (only with train.eval_every): the synthetic held-out
+    rows just past the ones evaluated, train.eval_rows per subtask of every domain. Never trained on
+    (another split), never scored (past eval.per_subtask), and one yardstick for every cell."""
+    if spec.kind != "trial" or spec.train.eval_every is None:
+        return []
+    from harness.tasks import registry, synthetic
+
+    start = spec.eval.per_subtask
+    return [row for sub in registry.all_subtasks()
+            for row in synthetic.generate_rows(sub.id, "heldout", start + spec.train.eval_rows,
+                                               seed=spec.data.world_seed)[start:]]
+
+
+@dataclass
+class Progress:
+    """What happens at each loss report: W&B, the held-out loss, the reporter (Ray Tune), and
+    intermediate adapters. Called by train_lora as on_log(step, loss)."""
+
+    spec: TrialSpec
+    tokenizer: Any
+    fmt: str
+    device: str
+    logger: Any
+    reporter: Reporter | None
+    rows: list[dict[str, Any]]
+    adapters: Path
+    model: Any = None
+    eval_curve: list[tuple[int, float]] = field(default_factory=list)
+    saved: list[Path] = field(default_factory=list)
+
+    def start(self, model: Any) -> None:
+        self.model = model
+        self.restart()
+
+    def restart(self) -> None:
+        """A fresh attempt (also after an OOM retry): no stale adapters or losses from before."""
+        shutil.rmtree(self.adapters, ignore_errors=True)
+        self.eval_curve, self.saved = [], []
+
+    def __call__(self, step: int, loss: float) -> None:
+        metrics: dict[str, Any] = {"step": step, "train_loss": loss}
+        every = self.spec.train.eval_every
+        if self.rows and every and step % every == 0:
+            metrics["eval_loss"] = self.held_out_loss(self.model, step)
+        self.logger.log({"train/loss": loss, **({"eval/loss": metrics["eval_loss"]}
+                                                if "eval_loss" in metrics else {})}, step=step)
+        self._maybe_checkpoint(step)
+        if self.reporter:
+            self.reporter(metrics)
+
+    def held_out_loss(self, model: Any, step: int) -> float:
+        from harness.train import eval_loss
+
+        was_training = model.training
+        model.eval()  # no dropout: the loss is comparable across steps and consumes no random numbers
+        value = eval_loss(model, self.tokenizer, self.rows, self.spec.train, fmt=self.fmt,
+                          device=self.device)
+        model.train(was_training)
+        self.eval_curve.append((step, value))
+        return value
+
+    def final_eval_loss(self, model: Any) -> float | None:
+        if not self.rows:
+            return None
+        if self.eval_curve and self.eval_curve[-1][0] == self.spec.train.steps:
+            return self.eval_curve[-1][1]
+        value = self.held_out_loss(model, self.spec.train.steps)
+        self.logger.log({"eval/loss": value}, step=self.spec.train.steps)
+        return value
+
+    def curve_info(self) -> dict[str, Any]:
+        return {"eval_loss_curve": self.eval_curve} if self.eval_curve else {}
+
+    def _maybe_checkpoint(self, step: int) -> None:
+        train = self.spec.train
+        if (train.checkpoint_every is None or train.keep_checkpoints < 2 or step % train.checkpoint_every
+                or step >= train.steps):
+            return
+        path = self.adapters / f"step-{step:06d}"
+        self.model.save_pretrained(str(path))
+        self.saved.append(path)
+        for old in self.saved[: -(train.keep_checkpoints - 1)]:  # the final adapter is the last kept
+            shutil.rmtree(old, ignore_errors=True)
+        self.saved = self.saved[-(train.keep_checkpoints - 1):]
+
+    def save_final(self, model: Any) -> dict[str, Any]:
+        """Save the final adapter (before evaluation: a crash there keeps the weights); returns the
+        record's artifact entries, as paths relative to the results directory."""
+        if self.spec.train.keep_checkpoints < 1:
+            return {}
+        model.save_pretrained(str(self.adapters))
+        root = self.adapters.parent.parent
+        return {"adapter": str(self.adapters.relative_to(root)),
+                "adapter_checkpoints": [str(p.relative_to(root)) for p in self.saved]}
 
 
 def _failed_record(spec: TrialSpec, exc: BaseException) -> TrialRecord:
@@ -199,13 +358,13 @@ def select_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _release(model: Any, device: str) -> None:
-    """Free accelerator memory so the next trial on this worker starts clean."""
+def _release(device: str) -> None:
+    """Free accelerator memory (once nothing refers to the model) so the next attempt or the next
+    trial on this worker starts clean."""
     import gc
 
     import torch
 
-    del model
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -242,15 +401,23 @@ def git_state() -> dict[str, Any]:
     return {"git_commit": commit or None, "git_dirty": dirty if commit else None}
 
 
-def _start_logger(spec: TrialSpec, results_dir: Path, mode: str, project: str, entity: str | None):
+def _start_logger(spec: TrialSpec, results_dir: Path, mode: str, project: str, entity: str | None,
+                  init_timeout: float):
     from harness.tracking import start_trial_run
 
     return start_trial_run(sweep=spec.sweep, trial_id=spec.trial_id, cell_id=spec.cell_id,
                            name=spec.name, config={**spec.factors, "kind": spec.kind,
-                                                   "base_model": spec.base_model},
-                           project=project, entity=entity, mode=mode, root=results_dir)
+                                                   "base_model": spec.base_model,
+                                                   "cell_id": spec.cell_id, "trial_id": spec.trial_id},
+                           project=project, entity=entity, mode=mode, root=results_dir,
+                           init_timeout=init_timeout)
 
 
-def _finish_logger(logger, record: TrialRecord) -> None:
-    logger.summary({"status": record.train.status.value, "reason": record.train.reason})
+def _finish_logger(logger, record: TrialRecord | None) -> None:
+    if record is None:  # stopped from outside (scheduler, Ctrl-C): the stopper records why
+        logger.summary({"status": "interrupted"})
+        logger.finish(exit_code=1)
+        return
+    logger.summary({"status": record.train.status.value, "reason": record.train.reason,
+                    "train/final_loss": record.train.final_loss, "eval/loss": record.train.eval_loss})
     logger.finish(exit_code=0 if record.ok else 1)

@@ -1,4 +1,5 @@
-"""One trial without Ray, on builtin:tiny: records, failure records, the OOM retry."""
+"""One trial without Ray, on builtin:tiny: records, failure records, the OOM retry, adapters kept,
+the held-out loss, and records that a failed or interrupted run must not write."""
 
 from __future__ import annotations
 
@@ -7,10 +8,22 @@ import json
 import pytest
 
 from harness.config import baseline_trial, expand_trials, validate_sweep
-from harness.results import TrialStatus, read_record
-from harness.trial import run_trial
+from harness.results import RunInfo, TrainInfo, TrialRecord, TrialStatus, read_record
+from harness.trial import run_trial, save_record
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread, as a sweep gives each trial (resources.cpu: 1): on a busy 2-core machine
+    two threads run the tiny model several times slower, not faster."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 TINY = {
     "name": "unit",
@@ -74,3 +87,112 @@ def test_out_of_memory_retries_with_half_the_micro_batch(tmp_path, monkeypatch):
     record = run_trial(spec, tmp_path, device="cpu", wandb_mode="disabled")
     assert record.ok, record.train.reason
     assert record.train.retries == ["oom: micro_batch 8 -> 4, grad_accum 1 -> 2"]
+
+
+SMALL = {**TINY, "data": {"per_subtask": 8}, "eval": {"per_subtask": 1, "baseline": False},
+         "train": {"steps": 3, "micro_batch": 4, "max_seq_len": 128, "log_every": 1, "warmup_steps": 0}}
+
+
+def _small(**train):
+    raw = json.loads(json.dumps(SMALL))
+    raw["train"].update(train)
+    return expand_trials(validate_sweep(raw))[0]
+
+
+@pytest.fixture
+def model_refs(monkeypatch):
+    """Weak references to every model a trial trains, to check that none outlives its trial."""
+    import weakref
+
+    import harness.train
+
+    refs, attach = [], harness.train.attach_lora
+
+    def tracked(*args, **kwargs):
+        model = attach(*args, **kwargs)
+        refs.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(harness.train, "attach_lora", tracked)
+    return refs
+
+
+def _all_released(refs) -> bool:
+    import gc
+
+    gc.collect()
+    return bool(refs) and all(ref() is None for ref in refs)
+
+
+def test_adapters_held_out_loss_and_reports(tmp_path, model_refs):
+    spec = _small(keep_checkpoints=2, checkpoint_every=1, eval_every=1)
+    reports = []
+    record = run_trial(spec, tmp_path, device="cpu", wandb_mode="disabled", reporter=reports.append,
+                       meta={"ray_node_id": "n1"})
+    assert record.ok, record.train.reason
+    adapters = tmp_path / "adapters" / spec.trial_id
+    assert record.meta["adapter"] == f"adapters/{spec.trial_id}" and record.meta["ray_node_id"] == "n1"
+    # the final adapter plus the latest intermediate one: keep_checkpoints 2; LoRA weights only
+    assert record.meta["adapter_checkpoints"] == [f"adapters/{spec.trial_id}/step-000002"]
+    assert sorted(p.name for p in adapters.iterdir() if p.is_dir()) == ["step-000002"]
+    config = json.loads((adapters / "adapter_config.json").read_text())
+    assert config["r"] == spec.lora_rank and (adapters / "adapter_model.safetensors").stat().st_size < 2e6
+    assert [r["step"] for r in reports] == [1, 2, 3] and all("eval_loss" in r for r in reports)
+    curve = record.train.model_dump()["eval_loss_curve"]
+    assert [s for s, _ in curve] == [1, 2, 3] and record.train.eval_loss == curve[-1][1]
+    assert _all_released(model_refs), "the model outlived its trial: the next trial on this worker pays"
+
+    none = _small(keep_checkpoints=0)
+    assert run_trial(none, tmp_path / "b", device="cpu", wandb_mode="disabled").ok
+    assert not (tmp_path / "b" / "adapters" / none.trial_id).exists()
+
+
+def test_nan_fault_is_a_real_nan_loss(tmp_path, monkeypatch, model_refs):
+    spec = _small()
+    monkeypatch.setenv("HARNESS_FAULTS", f"nan:{spec.trial_id}")
+    record = run_trial(spec, tmp_path, device="cpu", wandb_mode="disabled")
+    assert record.train.status is TrialStatus.FAILED
+    assert record.train.reason.startswith("NonFiniteLossError: loss became nan at step 1")
+    assert _all_released(model_refs), "a failed trial's traceback kept its model alive"
+
+
+@pytest.mark.gpu
+def test_gpu_memory_returns_to_baseline_between_trials(tmp_path):
+    import torch
+
+    torch.cuda.init()
+    baseline = torch.cuda.memory_allocated()
+    raw = json.loads(json.dumps(SMALL))
+    raw["grid"]["seed"] = [0, 1]
+    for spec in expand_trials(validate_sweep(raw)):  # two trials in one process, as on a reused worker
+        assert run_trial(spec, tmp_path, device="cuda", wandb_mode="disabled").ok
+        assert torch.cuda.memory_allocated() - baseline < 4 * 2**20  # bytes: nothing of the model left
+
+
+class _Stopped(BaseException):
+    """What a scheduler's stop or a lost driver looks like from inside the trial."""
+
+
+def test_interrupted_trial_writes_no_record(tmp_path):
+    spec = _small()
+
+    def reporter(_metrics):
+        raise _Stopped()
+
+    with pytest.raises(_Stopped):
+        run_trial(spec, tmp_path, device="cpu", wandb_mode="disabled", reporter=reporter)
+    assert not (tmp_path / "trials" / f"{spec.trial_id}.json").exists()
+
+
+def test_a_failed_rewrite_never_hides_a_success(tmp_path):
+    def record(status):
+        return TrialRecord(run=RunInfo(trial_id="abc", cell_id="c", sweep="s", factors={}),
+                           train=TrainInfo(status=status, reason=None if status == "success" else "late"))
+
+    path = save_record(record(TrialStatus.SUCCESS), tmp_path)
+    save_record(record(TrialStatus.FAILED), tmp_path)  # e.g. a stale worker of a killed driver
+    assert read_record(path).ok
+    save_record(record(TrialStatus.FAILED), tmp_path / "other")
+    save_record(record(TrialStatus.SUCCESS), tmp_path / "other")  # a success replaces a failure
+    assert read_record(tmp_path / "other" / "abc.json").ok
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["abc.json"]  # no temp files left
