@@ -77,7 +77,7 @@ def sweep(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
     spec = _load(sweep_file, set_)
     outcome = run_sweep(spec, address=address, resume=resume, num_cpus=num_cpus)
     typer.echo(f"\nsweep {spec.name}: ran {outcome.ran}, already done {outcome.skipped}, "
-               f"failed {len(outcome.failed)}")
+               f"failed {len(outcome.failed)}, stopped early {len(outcome.cancelled)}")
     typer.echo(f"records: {outcome.results_dir}/trials/   table: {outcome.results_dir}/scores.parquet")
     typer.echo(f"next: harness analyze {outcome.results_dir}")
 
@@ -96,6 +96,9 @@ def trial(sweep_file: Path, index: int = typer.Option(0, help="Trial index from 
     trials = planned_trials(spec)
     if not 0 <= index < len(trials):
         raise typer.BadParameter(f"--index {index}: the sweep has trials 0..{len(trials) - 1}")
+    import torch
+
+    torch.set_num_threads(max(int(spec.resources.cpu), 1))  # as a Ray worker would
     resolve_model_path(spec.base_model)
     record = run_trial(trials[index], output or spec.results_dir, device=device,
                        wandb_mode=spec.wandb.mode, wandb_project=spec.wandb.project,

@@ -179,7 +179,8 @@ def _execute(spec: TrialSpec, device: str, logger, reporter: Reporter | None,
                     factors=spec.factors),
         data=data_info, train=train_info, eval=evals,
         meta={"base_model": info.model_id, "base_model_revision": info.revision,
-              "base_model_params": info.n_params, "prompt_format": fmt, **artifacts},
+              "base_model_params": info.n_params, "prompt_format": fmt,
+              "mc_logits": spec.eval.mc_logits, **artifacts},
     )
 
 
