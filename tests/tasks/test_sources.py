@@ -352,9 +352,9 @@ def test_spec_cross_field_problems():
                           "fields": {"questoin": "q"}}, "src")
 
 
-def test_sweep_source_ref_converts_to_source_spec():
-    from harness.config import SourceRef
+def test_sweep_data_sources_are_source_specs():
+    from harness.config import DataSpec
 
-    ref = SourceRef(kind="shopbench", path="../shared/data/ec_guide/EC-Guide/MCQ/SPA.json",
-                    domain="concept", subtask="ec_spa")
-    assert SourceSpec.model_validate(ref.model_dump()).subtask == "ec_spa"
+    data = DataSpec(sources=["builtin:synthetic", {"kind": "shopbench", "domain": "concept",
+                    "path": "../shared/data/ec_guide/EC-Guide/MCQ/SPA.json", "subtask": "ec_spa"}])
+    assert isinstance(data.sources[1], SourceSpec) and data.sources[1].subtask == "ec_spa"
