@@ -298,18 +298,23 @@ def _suggest_key(loc: tuple[Any, ...]) -> str:
     return did_you_mean(str(loc[-1]), names)
 
 
-def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
-    """Read, override, validate. Raises one InputError listing every problem with its field path."""
+def read_yaml_mapping(path: str | Path, what: str, example_keys: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; every failure is an InputError naming the file."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise InputError(f"{path}: sweep file not found") from None
+        raise InputError(f"{path}: {what} not found") from None
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise InputError(f"{path}: a sweep file must be a YAML mapping (name:, grid:, ...)")
-    raw = apply_overrides(raw, overrides or [])
+        raise InputError(f"{path}: a {what} must be a YAML mapping ({example_keys})")
+    return raw
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
+    """Read, override, validate. Raises one InputError listing every problem with its field path."""
+    raw = apply_overrides(read_yaml_mapping(path, "sweep file", "name:, grid:, ..."), overrides or [])
     return validate_sweep(raw, source=str(path))
 
 

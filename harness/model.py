@@ -241,7 +241,6 @@ def resolve_model_path(model_id: str) -> tuple[str, str]:
 def load_base_model(model_id: str, *, device: str = "cpu", dtype: str = "auto",
                     trust_remote_code: bool = False):
     """(tokenizer, model, ModelInfo). dtype auto: bf16 on CUDA, fp32 elsewhere."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path, revision = resolve_model_path(model_id)

@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from harness.errors import HarnessError, InputError, MissingDependencyError, did_you_mean, unknown_name_message
 from harness.tasks import prompts
 from harness.tasks.schema import METRICS, TASK_TYPES, row_problems
-from harness.tasks.sources import known_domains, track_of
+from harness.tasks.sources import check_domain, check_subtask_name, track_of
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +115,12 @@ class GenerationSpec(BaseModel):
     @field_validator("domain")
     @classmethod
     def _known_domain(cls, value: str) -> str:
-        if value not in known_domains():
-            raise ValueError(unknown_name_message("domain", value, known_domains()))
-        return value
+        return check_domain(value)
 
     @field_validator("subtask")
     @classmethod
     def _subtask_name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
-            raise ValueError(f"{value!r}: use letters, digits, '_', '.' and '-'")
-        return value
+        return check_subtask_name(value)
 
     @model_validator(mode="after")
     def _metric_fits(self) -> "GenerationSpec":
@@ -682,19 +678,9 @@ def _absorb_batch(futures: list[tuple[int, Any]], screen: _Screen, out: Path) ->
 
 def load_generation_spec(path: str | Path, overrides: Sequence[str] = ()) -> GenerationSpec:
     """A generation YAML (top-level keys = GenerationSpec fields) with `key=value` overrides."""
-    import yaml
+    from harness.config import apply_overrides, read_yaml_mapping
 
-    from harness.config import apply_overrides
-
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: generation spec not found") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"{path}: a generation spec must be a YAML mapping (subtask:, task_type:, ...)")
+    raw = read_yaml_mapping(path, "generation spec", "subtask:, task_type:, ...")
     return GenerationSpec.parse(apply_overrides(raw, list(overrides)), where=str(path))
 
 

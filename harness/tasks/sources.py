@@ -74,6 +74,21 @@ def track_of(domain: str) -> str:
     return registry.get_domain(domain).track
 
 
+def check_domain(value: str) -> str:
+    """A capability domain id, or a ValueError with did-you-mean (shared by every spec that names one)."""
+    domains = known_domains()
+    if value not in domains:
+        raise ValueError(unknown_name_message("domain", value, domains))
+    return value
+
+
+def check_subtask_name(value: str) -> str:
+    """Subtask names stay override-safe: no spaces, no '=' (they appear in `a.b=c` paths and ids)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+        raise ValueError(f"{value!r}: use letters, digits, '_', '.' and '-' (e.g. ec_spa)")
+    return value
+
+
 class SourceSpec(BaseModel):
     """One external data source mapped onto one domain and subtask."""
 
@@ -101,17 +116,12 @@ class SourceSpec(BaseModel):
     @field_validator("domain")
     @classmethod
     def _known_domain(cls, value: str) -> str:
-        domains = known_domains()
-        if value not in domains:
-            raise ValueError(unknown_name_message("domain", value, domains))
-        return value
+        return check_domain(value)
 
     @field_validator("subtask")
     @classmethod
     def _subtask_name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
-            raise ValueError(f"{value!r}: use letters, digits, '_', '.' and '-' (e.g. ec_spa)")
-        return value
+        return check_subtask_name(value)
 
     @field_validator("task_type")
     @classmethod
