@@ -40,7 +40,7 @@ def _load(sweep_file: Path, overrides: Optional[list[str]]):
 def plan(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
          as_json: bool = typer.Option(False, "--json", help="Machine-readable trial list.")):
     """Expand a sweep into trials and validate it, without running anything."""
-    from harness.planning import format_bytes_params, plan_summary
+    from harness.planning import format_count, plan_summary
     from harness.sweep import planned_trials
 
     spec = _load(sweep_file, set_)
@@ -57,8 +57,8 @@ def plan(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
     for i, t in enumerate(trials):
         typer.echo(f"  [{i:3d}] {t.trial_id}  cell {t.cell_id}  {t.name}")
     if "base_params" in summary:
-        lora = ", ".join(f"r{r}: {format_bytes_params(n)}" for r, n in summary["lora_params"].items())
-        typer.echo(f"estimates ({summary['device']}): base {format_bytes_params(summary['base_params'])} "
+        lora = ", ".join(f"r{r}: {format_count(n)}" for r, n in summary["lora_params"].items())
+        typer.echo(f"estimates ({summary['device']}): base {format_count(summary['base_params'])} "
                    f"params; LoRA {lora}; ~{summary['gpu_memory_gib_per_trial']} GiB GPU memory per "
                    f"trial; ~{summary['trial_seconds']} s per trial; {summary['serial_hours']} h serial; "
                    f"{summary['gpu_hours']} GPU-h")

@@ -154,5 +154,5 @@ def plan_summary(spec: SweepSpec, trials: list[TrialSpec]) -> dict[str, Any]:
     return summary
 
 
-def format_bytes_params(n: int) -> str:
+def format_count(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"

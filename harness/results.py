@@ -162,17 +162,6 @@ def load_records(results_dir: Path) -> tuple[list[TrialRecord], list[str]]:
 # ---------------------------------------------------------------------------------------------
 # The tidy table
 
-FACTOR_COLUMNS = (
-    "domains",
-    "subtasks",
-    "n_domains",
-    "n_subtasks",
-    "volume",
-    "lora_rank",
-    "lora_alpha",
-    "seed",
-)
-
 
 def _factor_value(value: Any) -> Any:
     # Lists become "a+b" strings so that they group and compare in pandas.

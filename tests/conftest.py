@@ -42,3 +42,14 @@ def ec_guide() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"EC-Guide data not found at {SHARED_DATA}")
     return SHARED_DATA / "EC-Guide"
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A local 2-CPU Ray for one test module (Ray's start-up is the slow part of the sweep tests)."""
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -30,16 +30,6 @@ SWEEP = {
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory, ray_session):
     out = tmp_path_factory.mktemp("results")
     path = out / "e2e.yaml"

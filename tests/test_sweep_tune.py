@@ -38,16 +38,6 @@ def tiny_sweep(tmp_path, name, **blocks):
     return validate_sweep(raw)
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 FAULTS = ["oom", "raise", "nan", "kill", "diverge"]  # in trial order; the diverging one runs last
 
 

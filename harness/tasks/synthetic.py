@@ -225,12 +225,18 @@ def _attribute_infer(world: World, p: Product, rng: random.Random, pos: int) -> 
     return _mc(question, options), pos
 
 
-def _query_ner(world: World, q, rng: random.Random, pos: int) -> Made:
+def _pick_entity(q, rng: random.Random) -> tuple[str, str]:
+    """One (entity type, lowercased phrase) of a query, for the two NER subtasks."""
     entities = {t: v.lower() for t, v in q.entities().items() if t in NER_TYPES}
     etype = rng.choice(list(entities))
+    return etype, entities[etype]
+
+
+def _query_ner(world: World, q, rng: random.Random, pos: int) -> Made:
+    etype, phrase = _pick_entity(q, rng)
     prompt = (f"Extract the phrases of entity type '{etype}' from the shopping query. "
               f"Separate several with commas.\nQuery: {q.text}\nOutput: ")
-    return prompt, [entities[etype]]
+    return prompt, [phrase]
 
 
 def _review_aspect_extract(world: World, r, rng: random.Random, pos: int) -> Made:
@@ -486,11 +492,10 @@ def _foreign_keywords(world: World, p: Product, rng: random.Random, pos: int) ->
 
 
 def _foreign_query_ner(world: World, q, rng: random.Random, pos: int) -> Made:
-    entities = {t: v.lower() for t, v in q.entities().items() if t in NER_TYPES}
-    etype = rng.choice(list(entities))
+    etype, phrase = _pick_entity(q, rng)
     prompt = (f"Extract the phrases of entity type '{etype}' from this {LANGUAGES[q.lang]} shopping "
               f"query.\nQuery: {q.text}\nOutput: ")
-    return prompt, [entities[etype]]
+    return prompt, [phrase]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -308,9 +308,6 @@ class Category:
     complements: tuple[str, ...]  # categories often bought with this one
     aspects: tuple[str, ...]  # what its reviews talk about
 
-    def pre_attrs(self) -> tuple[str, ...]:
-        return tuple(a for a in PRE_ATTRIBUTES if a in self.attrs)
-
 
 @dataclass(frozen=True)
 class Product:
