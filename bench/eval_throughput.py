@@ -43,18 +43,20 @@ FMT = "raw"  # builtin:tiny has no chat template; the random shapes use its toke
 def load_model(args: argparse.Namespace):
     """(tokenizer, LoRA-wrapped model in eval mode, description)."""
     from harness.model import load_base_model
-    from harness.train import attach_lora, train_lora
+    from harness.capacity.adapters import attach
+    from harness.config import AdapterSpec
+    from harness.train import train_lora
 
     tokenizer, tiny, _ = load_base_model("builtin:tiny")
     spec = TrainSpec(steps=max(args.lora_steps, 1), lr=3e-3, warmup_steps=2, micro_batch=16)
     if args.model_shape is None:
-        model = attach_lora(tiny, args.lora_rank, 2 * args.lora_rank, spec)
+        model = attach(tiny, AdapterSpec(rank=args.lora_rank, alpha=2 * args.lora_rank)).model
         if args.lora_steps:
             train_lora(model, tokenizer, _train_rows(), spec, seed=0, fmt=FMT, device="cpu")
         desc = f"builtin:tiny + LoRA r{args.lora_rank} ({args.lora_steps} steps)"
     else:
         base = random_model(args.model_shape, tokenizer, args.device)
-        model = attach_lora(base, args.lora_rank, 2 * args.lora_rank, spec)
+        model = attach(base, AdapterSpec(rank=args.lora_rank, alpha=2 * args.lora_rank)).model
         desc = f"random {args.model_shape} + untrained LoRA r{args.lora_rank}"
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     return tokenizer, model.to(device=args.device, dtype=dtype).eval(), desc

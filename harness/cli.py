@@ -55,15 +55,30 @@ def plan(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
                f"{summary['seeds_per_cell']} seed(s), base model {spec.base_model}, "
                f"results in {spec.results_dir}/")
     for i, t in enumerate(trials):
-        typer.echo(f"  [{i:3d}] {t.trial_id}  cell {t.cell_id}  {t.name}")
+        params = t.capacity.params if t.capacity else None
+        extra = f"  ({format_count(params)} adapter params)" if params is not None else ""
+        typer.echo(f"  [{i:3d}] {t.trial_id}  cell {t.cell_id}  {t.name}{extra}")
+    for row in summary.get("capacity", []):
+        typer.echo("  capacity " + _capacity_line(row))
     if "base_params" in summary:
-        lora = ", ".join(f"r{r}: {format_count(n)}" for r, n in summary["lora_params"].items())
         typer.echo(f"estimates ({summary['device']}): base {format_count(summary['base_params'])} "
-                   f"params; LoRA {lora}; ~{summary['gpu_memory_gib_per_trial']} GiB GPU memory per "
+                   f"params; ~{summary['gpu_memory_gib_per_trial']} GiB GPU memory per "
                    f"trial; ~{summary['trial_seconds']} s per trial; {summary['serial_hours']} h serial; "
                    f"{summary['gpu_hours']} GPU-h")
     for warning in summary["warnings"]:
         typer.echo(f"warning: {warning}")
+
+
+def _capacity_line(row: dict) -> str:
+    from harness.planning import format_count
+
+    if row["params"] is None:
+        return f"{row['capacity']}: parameters unknown (custom target modules)"
+    line = f"{row['capacity']}: {format_count(row['params'])} trainable params, {row['adapter_mib']} MiB adapter"
+    if row.get("budget"):
+        line += (f"; matched to budget {row['budget']} ({format_count(row['budget_params'])}): "
+                 f"{row['off_budget_pct']:+.1f}%")
+    return line
 
 
 @app.command()
@@ -143,22 +158,29 @@ def analyze(results_dir: Path,
 
 @data_app.command("show")
 def data_show(sweep_file: Path, set_: Optional[list[str]] = SetOpt):
-    """Print each cell's mixture: rows per subtask and diversity measures."""
-    from harness.data import build_eval_sets, build_mixture
+    """Print each cell's mixture: rows per subtask and diversity measures (the Vendi score embeds a
+    sample of each mixture; --set data.embedding_diversity_sample=0 skips it). Reads and fills the
+    sweep's mixture cache (<results>/mixtures/) when the results directory exists."""
     from harness.config import expand_trials
+    from harness.data import build_eval_sets, load_or_build_mixture, mixture_key
 
     spec = _load(sweep_file, set_)
     eval_sets = build_eval_sets(spec.eval, spec.data.world_seed)
-    seen = set()
+    cache_dir = spec.results_dir / "mixtures" if spec.results_dir.is_dir() else None
+    seen, mixtures = set(), {}
     for t in expand_trials(spec):
         if t.cell_id in seen:
             continue
         seen.add(t.cell_id)
-        mix = build_mixture(t.subtasks, t.volume, t.data, eval_sets)
+        key = mixture_key(t.subtasks, t.volume, t.data, eval_sets)  # ranks share a mixture: build once
+        if key not in mixtures:
+            mixtures[key] = load_or_build_mixture(t.subtasks, t.volume, t.data, eval_sets, cache_dir=cache_dir)
+        mix = mixtures[key]
         st = mix.stats
+        vendi = f"vendi {st.vendi:.2f} ({st.vendi_sample} rows), " if st.vendi is not None else ""
         typer.echo(f"cell {t.cell_id} {t.name.rsplit('-s', 1)[0]}: {len(mix.rows)} rows, "
                    f"{st.n_domains} domains, {st.n_subtasks} subtasks, entropy {st.entropy_bits:.3f} bits, "
-                   f"contaminated removed {st.contaminated_removed}, fingerprint {mix.fingerprint}")
+                   f"{vendi}contaminated removed {st.contaminated_removed}, fingerprint {mix.fingerprint}")
         for sub, n in st.examples.items():
             typer.echo(f"    {sub:32s} {n}")
 

@@ -45,6 +45,9 @@ class DataSpec(Spec):
     world_seed: int = 0  # the synthetic world's seed: fixed across trials so cells share one world
     mixture_seed: int = 0  # sampling seed for the mixture: fixed so that seeds vary training only
     contamination_check: bool = True  # drop training rows whose input matches an evaluation row
+    # Rows whose inputs are embedded (all-MiniLM-L6-v2) for the Vendi score in the record's diversity;
+    # 0 skips it. Bookkeeping: it changes what is measured, not what a trial learns.
+    embedding_diversity_sample: int = Field(default=256, ge=0)
 
 
 class EvalSetRef(Spec):
@@ -67,9 +70,6 @@ class EvalSpec(Spec):
 class TrainSpec(Spec):
     steps: int = Field(default=150, ge=1)  # optimiser steps
     lr: float = Field(default=3e-3, gt=0)
-    lora_alpha: Union[float, str] = "2x_rank"  # a number, or "<k>x_rank"
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
-    target_modules: Union[Literal["all-linear", "attention", "mlp"], list[str]] = "all-linear"
     micro_batch: int = Field(default=16, ge=1)  # sequences per forward pass
     grad_accum: int = Field(default=1, ge=1)  # micro-batches per optimiser step
     max_seq_len: int = Field(default=256, ge=16)  # tokens; longer examples are truncated from the left
@@ -87,18 +87,106 @@ class TrainSpec(Spec):
     eval_every: int | None = Field(default=None, ge=1)  # steps between held-out loss reports (ASHA watches them)
     eval_rows: int = Field(default=2, ge=1)  # held-out rows per synthetic subtask for that loss
 
-    @field_validator("lora_alpha")
+
+
+Family = Literal["lora", "dora", "multi_lora", "mole"]
+TargetModules = Union[Literal["all-linear", "attention", "mlp"], list[str]]
+
+
+class CapacitySpec(Spec):
+    """How trainable capacity is added to the frozen base model: the defaults of every setting in
+    grid.capacity (which varies them) and, with match_params, the parameter budgets to match."""
+
+    family: Family = "lora"  # lora | dora | multi_lora (an adapter per group + shared) | mole (LoRA experts)
+    rank: int | None = Field(default=None, ge=1)  # per adapter / per expert; default: grid.lora_rank
+    alpha: Union[float, str] = "2x_rank"  # a number (fixed), "<k>x_rank", or "rslora:<alpha>" (alpha/sqrt(rank))
+    target_modules: TargetModules = "all-linear"  # all-linear | attention | mlp | [module names]
+    dropout: float = Field(default=0.0, ge=0, lt=1)  # on the adapter's input
+    experts: int = Field(default=4, ge=1)  # mole: LoRA experts per adapted layer
+    top_k: int = Field(default=2, ge=1)  # mole: experts each token uses
+    router_aux_weight: float = Field(default=0.01, ge=0)  # mole: weight of the load-balancing loss
+    groups: Union[Literal["domain", "subtask"], dict[str, list[str]]] = "domain"  # multi_lora: one adapter per ...
+    eval_map: dict[str, str] = Field(default_factory=dict)  # multi_lora: eval task name / track / task type -> group
+    # Trainable-parameter budgets ("r32" = plain LoRA rank 32 on these target modules, or a count):
+    # each grid.capacity setting gets the rank whose parameter count is nearest to each budget.
+    match_params: list[Union[int, str]] | None = None
+
+    @field_validator("alpha")
     @classmethod
     def _alpha_rule(cls, value: Union[float, str]) -> Union[float, str]:
-        if isinstance(value, str):
-            try:
-                if not value.endswith("x_rank") or float(value[: -len("x_rank")]) <= 0:
-                    raise ValueError
-            except ValueError:
-                raise ValueError("must be a positive number or '<k>x_rank' (e.g. '2x_rank')") from None
-        elif value <= 0:
-            raise ValueError("must be positive")
+        parse_alpha(value, 1)
         return value
+
+    @field_validator("match_params")
+    @classmethod
+    def _budgets(cls, value: list[Union[int, str]] | None) -> list[Union[int, str]] | None:
+        for item in value or []:
+            if isinstance(item, int) and item < 1 or isinstance(item, str) and not _budget_rank(item):
+                raise ValueError(f"{item!r}: a budget is a parameter count (e.g. 400000) or 'r<rank>' "
+                                 "(plain LoRA's parameters at that rank, e.g. r32)")
+        return value
+
+
+# Knobs a grid.capacity entry may set (the rest are sweep-wide, in the capacity block).
+VARIANT_FIELDS = ("family", "rank", "alpha", "target_modules", "dropout", "experts", "top_k",
+                  "router_aux_weight", "groups")
+
+
+def parse_alpha(rule: Union[float, str], rank: int) -> tuple[float, bool]:
+    """(lora_alpha, use_rslora) from an alpha rule; ValueError with the accepted forms otherwise."""
+    if not isinstance(rule, str):
+        if rule <= 0:
+            raise ValueError("must be positive")
+        return float(rule), False
+    try:
+        if rule.endswith("x_rank") and float(rule[: -len("x_rank")]) > 0:
+            return float(rule[: -len("x_rank")]) * rank, False
+        if rule.startswith("rslora:") and float(rule[len("rslora:"):]) > 0:
+            return float(rule[len("rslora:"):]), True
+    except ValueError:
+        pass
+    raise ValueError(f"{rule!r}: use a positive number (fixed alpha), '<k>x_rank' (e.g. '2x_rank') or "
+                     "'rslora:<alpha>' (scaling alpha / sqrt(rank), e.g. 'rslora:16')")
+
+
+def _budget_rank(label: str) -> int | None:
+    return int(label[1:]) if label[:1] == "r" and label[1:].isdigit() and int(label[1:]) > 0 else None
+
+
+class AdapterSpec(Spec):
+    """One trial's resolved capacity setting (what the trainer builds)."""
+
+    family: Family = "lora"
+    rank: int = Field(ge=1)
+    alpha: float = Field(gt=0)
+    rslora: bool = False  # scaling alpha / sqrt(rank) instead of alpha / rank
+    target_modules: TargetModules = "all-linear"
+    dropout: float = 0.0
+    experts: int | None = None  # mole
+    top_k: int | None = None  # mole
+    router_aux_weight: float | None = None  # mole
+    groups: dict[str, list[str]] | None = None  # multi_lora: adapter name -> the domains or subtasks it trains on
+    group_by: Literal["domain", "subtask"] | None = None  # multi_lora: what the group members are
+    eval_map: dict[str, str] | None = None  # multi_lora: declared evaluation routing
+    params: int | None = None  # trainable parameters counted from the model shape (None: shape unknown)
+    budget: str | None = None  # the match_params budget this setting was matched to
+    alpha_rule: Union[float, str] = "2x_rank"  # what the sweep said (alpha is its value at this rank)
+
+    @property
+    def is_classic_lora(self) -> bool:
+        """Plain LoRA as the harness ran it before capacity families existed (ids kept stable)."""
+        return self.family == "lora" and not self.rslora and self.budget is None
+
+    @property
+    def label(self) -> str:
+        """Short readable name: lora-r8, dora-r8, multi_lora-g4-r8, mole-e4k2-r8."""
+        extra = {"multi_lora": f"-g{len(self.groups or {})}",
+                 "mole": f"-e{self.experts}k{self.top_k}"}.get(self.family, "")
+        return f"{self.family}{extra}-r{self.rank}"
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / (self.rank ** 0.5 if self.rslora else self.rank)
 
 
 class DomainAxis(Spec):
@@ -109,12 +197,20 @@ class DomainAxis(Spec):
     each: list[str] | None = None  # [a, b] -> [a], [b]
 
 
+DEFAULT_RANK = 8
+
+
 class GridSpec(Spec):
     domains: Union[DomainAxis, list[list[str]], Literal["all"], None] = None
     subtasks: Union[DomainAxis, list[list[str]], None] = None  # task ablation; domains follow from them
     volume: list[int] | None = None  # training rows per subtask (fixed_total: rows in all)
-    lora_rank: list[int] = Field(default_factory=lambda: [8])
+    lora_rank: list[int] | None = None  # ranks (per adapter / expert) crossed with grid.capacity; default [8]
+    capacity: list[dict[str, Any]] | None = None  # capacity settings, e.g. [{family: lora}, {family: mole, experts: 4}]
     seed: list[int] = Field(default_factory=lambda: [0])
+
+    @property
+    def ranks(self) -> list[int]:
+        return self.lora_rank or [DEFAULT_RANK]
 
 
 class ResourceSpec(Spec):
@@ -159,6 +255,7 @@ class SweepSpec(Spec):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     grid: GridSpec = Field(default_factory=GridSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    capacity: CapacitySpec = Field(default_factory=CapacitySpec)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
     wandb: WandbSpec = Field(default_factory=WandbSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
@@ -173,6 +270,7 @@ class SweepSpec(Spec):
 # out of trial and cell ids, so changing them neither re-runs finished trials nor changes old ids.
 IDENTITY_EXCLUDE: dict[str, Any] = {
     "train": {"keep_checkpoints", "checkpoint_every", "eval_every", "eval_rows"},
+    "data": {"embedding_diversity_sample"},
 }
 
 
@@ -188,13 +286,21 @@ class TrialSpec(Spec):
     domains: list[str]
     subtasks: list[str]
     volume: int
-    lora_rank: int
-    lora_alpha: float
+    capacity: AdapterSpec | None  # None for the baseline (no adapter)
     seed: int
     kind: Literal["trial", "baseline"] = "trial"
 
     @property
+    def lora_rank(self) -> int:
+        return self.capacity.rank if self.capacity else 0
+
+    @property
+    def lora_alpha(self) -> float:
+        return self.capacity.alpha if self.capacity else 0.0
+
+    @property
     def factors(self) -> dict[str, Any]:
+        cap = self.capacity
         return {
             "domains": self.domains,
             "subtasks": self.subtasks,
@@ -203,23 +309,46 @@ class TrialSpec(Spec):
             "volume": self.volume,
             "lora_rank": self.lora_rank,
             "lora_alpha": self.lora_alpha,
+            "capacity_family": cap.family if cap else None,
+            "capacity": cap.label if cap else None,
+            "adapter_params": cap.params if cap else 0,
+            "capacity_budget": cap.budget if cap else None,
             "seed": self.seed,
         }
 
     @property
     def cell_id(self) -> str:
-        return content_hash(self.model_dump(exclude={"seed": True, **IDENTITY_EXCLUDE}))[:12]
+        identity = self.identity()
+        identity.pop("seed")
+        return content_hash(identity)[:12]
 
     @property
     def trial_id(self) -> str:
-        return content_hash(self.model_dump(exclude=IDENTITY_EXCLUDE))[:12]
+        return content_hash(self.identity())[:12]
+
+    def identity(self) -> dict[str, Any]:
+        """What the ids hash: the spec minus bookkeeping. Plain-LoRA trials and the baseline keep
+        the layout from before capacity families (rank and alpha at the top, the LoRA knobs under
+        train), so their ids, and every finished record a resume looks for, stay the same."""
+        dump = self.model_dump(exclude=IDENTITY_EXCLUDE)
+        cap = self.capacity
+        if cap is not None and not cap.is_classic_lora:
+            dump["capacity"].pop("params")  # derived from the base model's shape, not a choice
+            return dump
+        dump.pop("capacity")
+        dump.update(lora_rank=self.lora_rank, lora_alpha=self.lora_alpha)
+        classic = cap or AdapterSpec(rank=1, alpha=1.0)  # the baseline hashed the defaults
+        dump["train"].update(lora_alpha=classic.alpha_rule, lora_dropout=classic.dropout,
+                             target_modules=classic.target_modules)
+        return dump
 
     @property
     def name(self) -> str:
         """Readable run name from the factors, e.g. 'd2-concept+reasoning-r16-s0'."""
         if self.kind == "baseline":
             return "baseline"
-        return f"d{len(self.domains)}-{'+'.join(self.domains)}-t{len(self.subtasks)}-v{self.volume}-r{self.lora_rank}-s{self.seed}"
+        return (f"d{len(self.domains)}-{'+'.join(self.domains)}-t{len(self.subtasks)}-v{self.volume}-"
+                f"{self.capacity.label}-s{self.seed}")
 
 
 def content_hash(obj: Any) -> str:
@@ -270,6 +399,11 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+# Keys that earlier versions accepted elsewhere: say where they went instead of "unknown key".
+MOVED_KEYS = {"train.lora_alpha": "capacity.alpha", "train.lora_dropout": "capacity.dropout",
+              "train.target_modules": "capacity.target_modules"}
+
+
 def _pydantic_problems(exc: ValidationError) -> list[str]:
     seen, problems = set(), []
     for err in exc.errors():
@@ -277,7 +411,9 @@ def _pydantic_problems(exc: ValidationError) -> list[str]:
             continue  # a mapping was given, so the union's string branch is not what was meant
         loc, msg = _format_loc(err["loc"]), err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key" + _suggest_key(err["loc"])
+            moved = MOVED_KEYS.get(".".join(str(p) for p in err["loc"]))
+            msg = f"moved to {moved} (capacity settings live in the capacity block)" if moved else \
+                "unknown key" + _suggest_key(err["loc"])
         line = f"{loc}: {msg}"
         if line not in seen:
             seen.add(line)
@@ -432,7 +568,11 @@ def semantic_problems(spec: SweepSpec) -> list[str]:
     gpu = spec.resources.gpu
     if gpu != "auto" and (gpu < 0 or (gpu > 1 and not float(gpu).is_integer())):
         problems.append(f"resources.gpu: {gpu}: use a fraction in (0, 1], a whole number, 0, or auto")
-    return problems + _train_schedule_problems(spec.train) + _search_problems(spec)
+    from harness.capacity.settings import capacity_problems
+
+    problems += _train_schedule_problems(spec.train) + _search_problems(spec)
+    # Capacity settings are resolved per data cell and rank, which needs the rest to be valid first.
+    return problems + capacity_problems(spec, resolve=not problems)
 
 
 def _train_schedule_problems(train: TrainSpec) -> list[str]:
@@ -493,12 +633,6 @@ def _search_problems(spec: SweepSpec) -> list[str]:
 # Expansion: SweepSpec -> TrialSpecs (pure and deterministic)
 
 
-def resolve_alpha(rule: Union[float, str], rank: int) -> float:
-    if isinstance(rule, str):
-        return float(rule[: -len("x_rank")]) * rank
-    return float(rule)
-
-
 def data_sets(spec: SweepSpec) -> list[tuple[list[str], list[str]]]:
     """The grid's (domains, subtasks) pairs, in declaration order."""
     from harness.tasks import registry
@@ -516,18 +650,18 @@ def data_sets(spec: SweepSpec) -> list[tuple[list[str], list[str]]]:
 
 
 def expand_trials(spec: SweepSpec) -> list[TrialSpec]:
-    """The full factorial: data sets x volume x rank x seed, seeds innermost."""
+    """The full factorial: data sets x volume x capacity setting x seed, seeds innermost."""
+    from harness.capacity.settings import capacity_settings
+
     volumes = spec.grid.volume or [spec.data.per_subtask]
     trials = []
-    for (domains, subtasks), volume, rank, seed in itertools.product(
-        data_sets(spec), volumes, spec.grid.lora_rank, spec.grid.seed
-    ):
-        trials.append(TrialSpec(
-            sweep=spec.name, base_model=spec.base_model, trust_remote_code=spec.trust_remote_code,
-            data=spec.data, eval=spec.eval, train=spec.train, domains=domains, subtasks=subtasks,
-            volume=volume, lora_rank=rank, lora_alpha=resolve_alpha(spec.train.lora_alpha, rank),
-            seed=seed,
-        ))
+    for (domains, subtasks), volume in itertools.product(data_sets(spec), volumes):
+        for capacity, seed in itertools.product(capacity_settings(spec, domains, subtasks), spec.grid.seed):
+            trials.append(TrialSpec(
+                sweep=spec.name, base_model=spec.base_model, trust_remote_code=spec.trust_remote_code,
+                data=spec.data, eval=spec.eval, train=spec.train, domains=domains, subtasks=subtasks,
+                volume=volume, capacity=capacity, seed=seed,
+            ))
     return trials
 
 
@@ -536,5 +670,5 @@ def baseline_trial(spec: SweepSpec) -> TrialSpec:
     return TrialSpec(
         sweep=spec.name, base_model=spec.base_model, trust_remote_code=spec.trust_remote_code,
         data=spec.data, eval=spec.eval, train=spec.train, domains=[], subtasks=[], volume=0,
-        lora_rank=0, lora_alpha=0.0, seed=0, kind="baseline",
+        capacity=None, seed=0, kind="baseline",
     )

@@ -13,10 +13,10 @@ Nothing here imports torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from harness.config import SweepSpec, TrialSpec
+from harness.shapes import KNOWN_SHAPES, ModelShape, model_shape  # noqa: F401 - re-exported for bench/
 
 ACT_BYTES_PER_TOKEN_LAYER_HIDDEN = 115.0
 LOGIT_BYTES_PER_TOKEN_VOCAB = 10.0
@@ -26,62 +26,36 @@ CPU_TINY_TOKENS_PER_S = 2_000.0  # builtin:tiny LoRA on one CPU core, measured h
 CPU_TINY_PARAMS = 0.87e6
 EVAL_SECONDS_PER_QUESTION = {"cpu": 0.04, "gpu": 0.01}  # batched greedy, tiny answers
 
-# Shapes of models a sweep may name without the weights being present (hub ids).
-KNOWN_SHAPES: dict[str, dict[str, int]] = {
-    "qwen2.5-0.5b": dict(hidden=896, layers=24, inter=4864, heads=14, kv_heads=2, vocab=151936, tied=1),
-    "qwen2.5-1.5b": dict(hidden=1536, layers=28, inter=8960, heads=12, kv_heads=2, vocab=151936, tied=1),
-    "qwen2.5-3b": dict(hidden=2048, layers=36, inter=11008, heads=16, kv_heads=2, vocab=151936, tied=1),
-    "qwen2.5-7b": dict(hidden=3584, layers=28, inter=18944, heads=28, kv_heads=4, vocab=152064, tied=0),
-    "smollm2-135m": dict(hidden=576, layers=30, inter=1536, heads=9, kv_heads=3, vocab=49152, tied=1),
-}
+def adapter_params_of(trial: TrialSpec, shape: ModelShape) -> int:
+    """Trainable adapter parameters (counted at expansion; plain LoRA on all linear layers when the
+    target modules are not ones the shape knows)."""
+    cap = trial.capacity
+    if cap is None:
+        return 0
+    return cap.params if cap.params is not None else shape.lora_params(cap.rank)
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    hidden: int
-    layers: int
-    inter: int
-    heads: int
-    kv_heads: int
-    vocab: int
-    tied: bool
+def capacity_table(trials: list[TrialSpec], shape: ModelShape | None) -> list[dict[str, Any]]:
+    """One row per distinct capacity setting: label, parameters, adapter size, and for a matched
+    setting how far it lands from its budget (what `capacity.match_params` chose, said out loud)."""
+    from harness.capacity.settings import budget_params
 
-    @property
-    def kv_dim(self) -> int:
-        return self.hidden // self.heads * self.kv_heads
-
-    @property
-    def params(self) -> int:
-        h, kv = self.hidden, self.kv_dim
-        per_layer = 2 * h * h + 2 * h * kv + 3 * h * self.inter + 2 * h
-        return self.layers * per_layer + self.vocab * h * (1 if self.tied else 2)
-
-    def lora_params(self, rank: int, targets: str | list[str] = "all-linear") -> int:
-        h, kv, i = self.hidden, self.kv_dim, self.inter
-        attn = rank * ((h + h) + 2 * (h + kv) + (h + h))
-        mlp = rank * (2 * (h + i) + (i + h))
-        per_layer = {"attention": attn, "mlp": mlp}.get(targets if isinstance(targets, str) else "", attn + mlp)
-        return self.layers * per_layer
-
-
-def model_shape(model_id: str) -> ModelShape | None:
-    """The shape of a builtin, a local model directory, or a known hub family; None if unknown."""
-    if model_id == "builtin:tiny":
-        from harness.model import TINY_SHAPE as s
-
-        return ModelShape(s["hidden_size"], s["num_hidden_layers"], s["intermediate_size"],
-                          s["num_attention_heads"], s["num_key_value_heads"], s["vocab_size"], True)
-    config_path = Path(model_id) / "config.json"
-    if config_path.exists():
-        import json
-
-        c = json.loads(config_path.read_text())
-        return ModelShape(c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"],
-                          c["num_attention_heads"], c.get("num_key_value_heads", c["num_attention_heads"]),
-                          c["vocab_size"], bool(c.get("tie_word_embeddings", False)))
-    key = model_id.lower().split("/")[-1].removeprefix("builtin:").replace("-instruct", "")
-    shape = KNOWN_SHAPES.get(key)
-    return ModelShape(**{**shape, "tied": bool(shape["tied"])}) if shape else None
+    rows: dict[tuple, dict[str, Any]] = {}
+    for t in trials:
+        cap = t.capacity
+        if cap is None:
+            continue
+        params = cap.params if cap.params is not None else None
+        row = {"capacity": cap.label, "family": cap.family, "rank": cap.rank, "params": params,
+               # adapters are saved in fp32 (peft upcasts bf16 adapters), 4 bytes per parameter
+               "adapter_mib": round(params * 4 / 2**20, 3) if params is not None else None,
+               "budget": cap.budget}
+        if cap.budget and shape is not None and params is not None:
+            target = budget_params(int(cap.budget) if cap.budget.isdigit() else cap.budget, shape,
+                                   cap.target_modules)
+            row.update(budget_params=target, off_budget_pct=round(100 * (params - target) / target, 1))
+        rows.setdefault((cap.label, cap.budget, params), row)
+    return list(rows.values())
 
 
 @dataclass(frozen=True)
@@ -98,7 +72,7 @@ def estimate_trial(trial: TrialSpec, shape: ModelShape, device: str, gpu_fractio
     tr = trial.train
     seq = min(tr.max_seq_len, avg_tokens_per_row)
     tokens_per_micro = tr.micro_batch * seq
-    lora = shape.lora_params(max(trial.lora_rank, 1), tr.target_modules)
+    lora = adapter_params_of(trial, shape)
     memory = (shape.params * 2 + lora * 16
               + tokens_per_micro * shape.layers * shape.hidden * ACT_BYTES_PER_TOKEN_LAYER_HIDDEN
               + tokens_per_micro * shape.vocab * LOGIT_BYTES_PER_TOKEN_VOCAB) / 2**30
@@ -136,7 +110,7 @@ def plan_summary(spec: SweepSpec, trials: list[TrialSpec]) -> dict[str, Any]:
     total_s = sum(e.seconds for e in estimates)
     summary.update({
         "device": device, "base_params": shape.params,
-        "lora_params": {r: shape.lora_params(r, spec.train.target_modules) for r in spec.grid.lora_rank},
+        "capacity": capacity_table(trials, shape),
         "gpu_memory_gib_per_trial": round(peak, 2),
         "trial_seconds": round(total_s / max(len(trials), 1), 1),
         "serial_hours": round(total_s / 3600, 3),

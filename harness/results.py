@@ -67,6 +67,7 @@ class TrainInfo(_Model):
     tokens_per_s: float = 0.0
     peak_mem_mb: float = 0.0
     trainable_params: int = 0
+    adapter_bytes: int = 0  # the saved adapter's size on disk (0: not saved)
     loss_curve: list[tuple[int, float]] = Field(default_factory=list)  # (step, train loss)
     retries: list[str] = Field(default_factory=list)  # e.g. "oom: micro_batch 8 -> 4"
 

@@ -1,4 +1,4 @@
-"""LoRA fine-tuning with peft: rows -> tokenised examples -> batches -> adapter. Returns a TrainResult.
+"""Adapter fine-tuning: rows -> tokenised examples -> batches -> adapter. Returns a TrainResult.
 
 The loss is on the response tokens only (prompt tokens are labelled -100). Batches are padded to
 their longest row after sorting rows into length buckets, which keeps padding waste low on
@@ -17,18 +17,12 @@ from typing import Any
 
 import torch
 
+from harness.capacity.adapters import AdaptedModel
 from harness.config import TrainSpec
 from harness.prompting import PromptFormat, format_prompt, render_answer
 
 IGNORE_INDEX = -100
 LogFn = Callable[[int, float], None]
-
-TARGET_MODULES = {
-    "all-linear": "all-linear",
-    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mlp": ["gate_proj", "up_proj", "down_proj"],
-}
-
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
@@ -52,9 +46,11 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     subtask: str
+    group: str = ""  # the adapter group that trains on it (multi_lora); batches never mix groups
 
 
-def encode_example(row: dict[str, Any], tokenizer: Any, fmt: PromptFormat, max_len: int) -> Example:
+def encode_example(row: dict[str, Any], tokenizer: Any, fmt: PromptFormat, max_len: int,
+                   group: str = "") -> Example:
     """Prompt and answer are tokenised separately so the prompt tokens match what generation sees."""
     prompt_ids = tokenizer(format_prompt(row["input_field"], tokenizer, fmt),
                            add_special_tokens=False)["input_ids"]
@@ -65,27 +61,29 @@ def encode_example(row: dict[str, Any], tokenizer: Any, fmt: PromptFormat, max_l
     prompt_ids = prompt_ids[-keep:]
     ids = (prompt_ids + answer_ids)[:max_len]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_len]
-    return Example(ids, labels, row.get("subtask", ""))
+    return Example(ids, labels, row.get("subtask", ""), group)
 
 
 def make_batches(examples: list[Example], micro_batch: int, seed: int, pad_id: int, packing: bool):
-    """Endless shuffled micro-batches of `micro_batch` examples.
+    """Endless shuffled (group, micro-batch) pairs of `micro_batch` examples of one adapter group.
 
     Packed: each micro-batch is one row with no padding at all (see collate_packed). Padded: rows of
     similar length are batched together to limit the padding.
     """
     rng = random.Random(seed)
     while True:
-        if packing:
-            order = list(range(len(examples)))
-            rng.shuffle(order)
-        else:
-            order = sorted(range(len(examples)), key=lambda i: (len(examples[i].input_ids), rng.random()))
-        chunks = [order[i : i + micro_batch] for i in range(0, len(order), micro_batch)]
+        chunks = []
+        for group in sorted({e.group for e in examples}):
+            members = [i for i, e in enumerate(examples) if e.group == group]
+            if packing:
+                rng.shuffle(members)
+            else:
+                members.sort(key=lambda i: (len(examples[i].input_ids), rng.random()))
+            chunks += [members[i : i + micro_batch] for i in range(0, len(members), micro_batch)]
         rng.shuffle(chunks)
         for chunk in chunks:
             batch = [examples[i] for i in chunk]
-            yield collate_packed(batch) if packing else collate(batch, pad_id)
+            yield batch[0].group, collate_packed(batch) if packing else collate(batch, pad_id)
 
 
 def collate_packed(batch: list[Example]) -> dict[str, torch.Tensor]:
@@ -116,15 +114,6 @@ def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def attach_lora(model: Any, rank: int, alpha: float, spec: TrainSpec):
-    from peft import LoraConfig, get_peft_model
-
-    targets = spec.target_modules if isinstance(spec.target_modules, list) else TARGET_MODULES[spec.target_modules]
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=spec.lora_dropout,
-                        target_modules=targets, task_type="CAUSAL_LM", bias="none")
-    return get_peft_model(model, config)
-
-
 def _lr_lambda(spec: TrainSpec) -> Callable[[int], float]:
     """Linear warm-up, then cosine decay to 10% of the peak."""
     def factor(step: int) -> float:
@@ -135,14 +124,22 @@ def _lr_lambda(spec: TrainSpec) -> Callable[[int], float]:
     return factor
 
 
+def as_adapted(model: Any) -> AdaptedModel:
+    """Accept a bare (e.g. peft-wrapped) model where an AdaptedModel is expected: no routing."""
+    return model if isinstance(model, AdaptedModel) else AdaptedModel(model)
+
+
 def train_lora(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: TrainSpec, *,
                seed: int, fmt: PromptFormat, device: str, on_log: LogFn | None = None) -> TrainResult:
-    """Fine-tune the (already LoRA-wrapped) model in place."""
+    """Fine-tune the adapters of `model` (an AdaptedModel from harness.capacity, or a peft model) in
+    place. Only the adapter parameters train; the family decides routing and any auxiliary loss."""
     if not rows:
         raise ValueError("no training rows")
+    adapted = as_adapted(model)
+    model = adapted.model
     torch.manual_seed(seed)
-    examples = [encode_example(r, tokenizer, fmt, spec.max_seq_len) for r in rows]
-    params = [p for p in model.parameters() if p.requires_grad]
+    examples = [encode_example(r, tokenizer, fmt, spec.max_seq_len, adapted.group_of(r)) for r in rows]
+    params = adapted.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(spec))
     batches = make_batches(examples, spec.micro_batch, seed, tokenizer.pad_token_id, spec.packing)
@@ -151,7 +148,7 @@ def train_lora(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: Tra
     model.train()
     start, seen_tokens, sup_tokens, curve, loss_val = time.perf_counter(), 0, 0, [], float("nan")
     for step in range(1, spec.steps + 1):
-        loss_val, n_tok, n_sup = _optimizer_step(model, batches, spec.grad_accum, device)
+        loss_val, n_tok, n_sup = _optimizer_step(adapted, batches, spec.grad_accum, device)
         if not math.isfinite(loss_val):
             raise NonFiniteLossError(f"loss became {loss_val} at step {step} (lr {spec.lr}); "
                                      "lower train.lr or check the data")
@@ -174,13 +171,18 @@ def train_lora(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: Tra
     )
 
 
-def _optimizer_step(model: Any, batches, grad_accum: int, device: str) -> tuple[float, int, int]:
-    """Forward/backward over grad_accum micro-batches; returns (mean loss, tokens, supervised tokens)."""
+def _optimizer_step(adapted: AdaptedModel, batches, grad_accum: int, device: str) -> tuple[float, int, int]:
+    """Forward/backward over grad_accum micro-batches; returns (mean loss, tokens, supervised tokens).
+    The reported loss is the language-model loss; an auxiliary loss (MoLE balancing) trains but is
+    not reported, so losses stay comparable across capacity families."""
     total_loss, tokens, supervised = 0.0, 0, 0
     for _ in range(grad_accum):
-        batch = {k: v.to(device) for k, v in next(batches).items()}
-        loss = model(**batch, use_cache=False).loss / grad_accum
-        loss.backward()
+        group, batch = next(batches)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        adapted.route(group)
+        loss = adapted.model(**batch, use_cache=False).loss / grad_accum
+        aux = adapted.aux_loss()
+        (loss if aux is None else loss + aux / grad_accum).backward()
         total_loss += loss.item()
         tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
         supervised += int((batch["labels"] != IGNORE_INDEX).sum())
@@ -205,13 +207,25 @@ def _peak_mem_mb(device: str) -> float:
 @torch.no_grad()
 def eval_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: TrainSpec, *,
               fmt: PromptFormat, device: str, batch_size: int = 32) -> float:
-    """Mean response-token loss on rows (the held-out loss that early stopping watches)."""
-    examples = [encode_example(r, tokenizer, fmt, spec.max_seq_len) for r in rows]
+    """Mean response-token loss on rows (the held-out loss that early stopping watches), each row
+    through the adapters the family routes it to at evaluation."""
+    adapted = as_adapted(model)
     total, count = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size],
-                                                     tokenizer.pad_token_id).items()}
-        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        total += model(**batch, use_cache=False).loss.item() * n
-        count += n
+    for group, members in group_rows(adapted, rows).items():
+        adapted.route(group)
+        examples = [encode_example(rows[i], tokenizer, fmt, spec.max_seq_len) for i in members]
+        for i in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size],
+                                                         tokenizer.pad_token_id).items()}
+            n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            total += adapted.model(**batch, use_cache=False).loss.item() * n
+            count += n
     return total / max(count, 1)
+
+
+def group_rows(adapted: AdaptedModel, rows: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Row indices per evaluation group, in first-seen order (one group for unrouted families)."""
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(adapted.eval_group_of(row), []).append(i)
+    return groups

@@ -126,22 +126,22 @@ def _fault_matches(spec: TrialSpec, kind: str) -> bool:
     return False
 
 
-def _inject_model_faults(model: Any, spec: TrialSpec) -> None:
+def _inject_model_faults(adapted: Any, spec: TrialSpec) -> None:
     """nan: NaN logits, so the real loss check sees a real NaN; diverge: gradient ascent."""
     if _fault_matches(spec, "nan"):
-        head = model.get_base_model().get_output_embeddings()
+        head = adapted.base_model().get_output_embeddings()
         head.register_forward_hook(lambda _module, _inputs, out: out * float("nan"))
     if _fault_matches(spec, "diverge"):
-        for param in model.parameters():
-            if param.requires_grad:
-                param.register_hook(lambda grad: -grad)
+        for param in adapted.trainable_parameters():
+            param.register_hook(lambda grad: -grad)
 
 
 def _execute(spec: TrialSpec, device: str, logger, reporter: Reporter | None,
              results_dir: Path) -> TrialRecord:
     import torch
 
-    from harness.data import build_eval_sets, build_mixture
+    from harness.capacity.adapters import attach
+    from harness.data import build_eval_sets, load_or_build_mixture
     from harness.model import load_base_model
     from harness.prompting import resolve_format
 
@@ -152,14 +152,14 @@ def _execute(spec: TrialSpec, device: str, logger, reporter: Reporter | None,
     fmt = resolve_format(spec.eval.prompt_format, tokenizer)
     data_info, train_info, artifacts = DataInfo(), TrainInfo(status=TrialStatus.SUCCESS), {}
     if spec.kind == "trial":
-        mixture = build_mixture(spec.subtasks, spec.volume, spec.data, eval_sets,
-                                tokenizer_id=info.revision)
+        mixture = load_or_build_mixture(spec.subtasks, spec.volume, spec.data, eval_sets,
+                                        tokenizer_id=info.revision, cache_dir=results_dir / "mixtures")
         progress = Progress(spec=spec, tokenizer=tokenizer, fmt=fmt, device=device, logger=logger,
                             reporter=reporter, rows=validation_rows(spec),
                             adapters=adapter_dir(results_dir, spec))
         model, result, retries = _train_with_oom_retry(model, tokenizer, mixture.rows, spec, fmt,
                                                        device, progress)
-        artifacts = progress.save_final(model)
+        artifacts, adapter_bytes = progress.save_final(model)
         data_info = DataInfo(fingerprint=mixture.fingerprint, examples=mixture.stats.examples,
                              tokens=result.tokens_per_subtask, diversity=mixture.stats.diversity(),
                              contaminated_removed=mixture.stats.contaminated_removed,
@@ -168,8 +168,11 @@ def _execute(spec: TrialSpec, device: str, logger, reporter: Reporter | None,
                                final_loss=result.final_loss, eval_loss=progress.final_eval_loss(model),
                                wall_s=result.wall_s, tokens_per_s=result.tokens_per_s,
                                peak_mem_mb=result.peak_mem_mb,
-                               trainable_params=result.trainable_params, loss_curve=result.loss_curve,
+                               trainable_params=result.trainable_params, adapter_bytes=adapter_bytes,
+                               loss_curve=result.loss_curve,
                                retries=retries, **progress.curve_info())
+    else:
+        model = attach(model, None)  # the baseline: no adapter
     evals = evaluate_model(model, tokenizer, eval_sets, spec, fmt, device)
     for name, res in evals.items():
         logger.summary({f"{name}/overall": res.overall, f"{name}/pooled": res.pooled,
@@ -184,17 +187,32 @@ def _execute(spec: TrialSpec, device: str, logger, reporter: Reporter | None,
     )
 
 
-def evaluate_model(model: Any, tokenizer: Any, eval_sets: dict[str, list[dict[str, Any]]],
+def evaluate_model(adapted: Any, tokenizer: Any, eval_sets: dict[str, list[dict[str, Any]]],
                    spec: TrialSpec, fmt: str, device: str) -> dict[str, EvalResult]:
-    from harness.evaluate.inference import generate_responses
     from harness.evaluate.scoring import score_responses
 
     out = {}
     for name, rows in eval_sets.items():
-        responses = generate_responses(model, tokenizer, rows, fmt=fmt, batch_size=spec.eval.batch_size,
-                                       device=device, mc_logits=spec.eval.mc_logits)
+        responses = respond(adapted, tokenizer, rows, spec, fmt, device)
         out[name] = EvalResult.model_validate(score_responses(rows, responses).to_dict())
     return out
+
+
+def respond(adapted: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: TrialSpec, fmt: str,
+            device: str) -> list[str]:
+    """Responses in row order, each row answered through the adapters its family routes it to."""
+    from harness.evaluate.inference import generate_responses
+    from harness.train import group_rows
+
+    responses: list[str] = [""] * len(rows)
+    for group, members in group_rows(adapted, rows).items():
+        adapted.route(group)
+        answers = generate_responses(adapted.model, tokenizer, [rows[i] for i in members], fmt=fmt,
+                                     batch_size=spec.eval.batch_size, device=device,
+                                     mc_logits=spec.eval.mc_logits)
+        for i, answer in zip(members, answers):
+            responses[i] = answer
+    return responses
 
 
 def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, progress: "Progress"):
@@ -202,9 +220,10 @@ def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, 
     (the same effective batch); the record lists the retry."""
     import torch
 
-    from harness.train import attach_lora, train_lora
+    from harness.capacity.adapters import attach
+    from harness.train import train_lora
 
-    model = attach_lora(model, spec.lora_rank, spec.lora_alpha, spec.train)
+    model = attach(model, spec.capacity)
     progress.start(model)
     _inject_model_faults(model, spec)
     train_spec, retries = spec.train, []
@@ -226,7 +245,7 @@ def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, 
                            f"grad_accum {train_spec.grad_accum} -> {train_spec.grad_accum * 2}")
             train_spec = train_spec.model_copy(update={"micro_batch": half,
                                                        "grad_accum": train_spec.grad_accum * 2})
-            model.zero_grad(set_to_none=True)
+            model.model.zero_grad(set_to_none=True)
             progress.restart()
             _release(device)
     raise AssertionError("unreachable")
@@ -286,11 +305,11 @@ class Progress:
     def held_out_loss(self, model: Any, step: int) -> float:
         from harness.train import eval_loss
 
-        was_training = model.training
-        model.eval()  # no dropout: the loss is comparable across steps and consumes no random numbers
+        was_training = model.model.training
+        model.model.eval()  # no dropout: the loss is comparable across steps and consumes no random numbers
         value = eval_loss(model, self.tokenizer, self.rows, self.spec.train, fmt=self.fmt,
                           device=self.device)
-        model.train(was_training)
+        model.model.train(was_training)
         self.eval_curve.append((step, value))
         return value
 
@@ -312,21 +331,25 @@ class Progress:
                 or step >= train.steps):
             return
         path = self.adapters / f"step-{step:06d}"
-        self.model.save_pretrained(str(path))
+        self.model.save(path)
         self.saved.append(path)
         for old in self.saved[: -(train.keep_checkpoints - 1)]:  # the final adapter is the last kept
             shutil.rmtree(old, ignore_errors=True)
         self.saved = self.saved[-(train.keep_checkpoints - 1):]
 
-    def save_final(self, model: Any) -> dict[str, Any]:
+    def save_final(self, model: Any) -> tuple[dict[str, Any], int]:
         """Save the final adapter (before evaluation: a crash there keeps the weights); returns the
-        record's artifact entries, as paths relative to the results directory."""
+        record's artifact entries, as paths relative to the results directory, and its bytes on
+        disk. With keep_checkpoints 0 the adapter is measured in a scratch directory, then dropped."""
         if self.spec.train.keep_checkpoints < 1:
-            return {}
-        model.save_pretrained(str(self.adapters))
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as scratch:
+                return {}, model.save(Path(scratch))
+        size = model.save(self.adapters)
         root = self.adapters.parent.parent
         return {"adapter": str(self.adapters.relative_to(root)),
-                "adapter_checkpoints": [str(p.relative_to(root)) for p in self.saved]}
+                "adapter_checkpoints": [str(p.relative_to(root)) for p in self.saved]}, size
 
 
 def _failed_record(spec: TrialSpec, exc: BaseException) -> TrialRecord:

@@ -81,7 +81,7 @@ def test_overrides_change_the_spec_and_the_ids(tmp_path):
     (lambda r: r["grid"].update(domains={"sets": []}), r"grid.domains: empty"),
     (lambda r: r["grid"].update(subtasks={"each": ["no_such_subtask"]}, domains=None),
      r"grid.subtasks\[0\]: unknown subtask 'no_such_subtask'"),
-    (lambda r: r["train"].update(lora_alpha="2x"), r"train.lora_alpha: .*'<k>x_rank'"),
+    (lambda r: r.setdefault("capacity", {}).update(alpha="2x"), r"capacity.alpha: .*'<k>x_rank'"),
 ])
 def test_bad_specs_name_the_field(mutate, expected):
     raw = yaml.safe_load(yaml.safe_dump(GOOD))

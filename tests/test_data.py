@@ -86,3 +86,15 @@ def test_real_shopbench_source_mixes_with_synthetic(ec_guide):
     mix = build_mixture(["ec_spa", TWO[0]], 5, spec)
     assert mix.stats.examples == {"ec_spa": 5, TWO[0]: 5}
     assert all(r["task_type"] == "multiple-choice" for r in mix.rows if r["subtask"] == "ec_spa")
+
+
+def test_homogeneous_mode_repeats_the_whole_synthetic_world_past_its_capacity():
+    from harness.tasks import synthetic
+
+    capacity = synthetic.row_capacity("purchase_obstacle", "train", 0)  # the smallest subtask (~1000)
+    mix = build_mixture(["purchase_obstacle"], capacity + 50, DataSpec(mode="homogeneous"))
+    ids = [r["row_id"] for r in mix.rows]
+    assert len(ids) == capacity + 50 and len(set(ids)) == capacity  # every row of the world, then repeats
+    for mode, volume in (("per_subtask", capacity + 1), ("fixed_total", 2 * capacity + 2)):
+        with pytest.raises(InputError, match=rf"'purchase_obstacle'.*only {capacity} .*data.mode: homogeneous"):
+            build_mixture(["purchase_obstacle", "unit_price"], volume, DataSpec(mode=mode))

@@ -11,7 +11,7 @@ from harness.planning import plan_summary
 from harness.sweep import planned_trials
 
 DESIGNS = ["smoke", "capability_ablation", "task_ablation", "rank_scaling", "homogeneous_volume",
-           "full_factorial"]
+           "full_factorial", "capacity_families"]
 
 
 @pytest.mark.parametrize("name", DESIGNS)

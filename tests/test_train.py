@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.config import TrainSpec
+from harness.capacity.adapters import attach
+from harness.config import AdapterSpec, TrainSpec
 from harness.model import load_base_model
 from harness.tasks import synthetic
-from harness.train import (IGNORE_INDEX, attach_lora, collate, collate_packed, encode_example,
-                           train_lora)
+from harness.train import IGNORE_INDEX, collate, collate_packed, encode_example, train_lora
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_packed_samples_do_not_attend_across_boundaries(tiny, rows):
 def test_lora_training_lowers_the_loss_and_only_trains_the_adapter(rows):
     tokenizer, model, _ = load_base_model("builtin:tiny")
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
-    model = attach_lora(model, 4, 8.0, TrainSpec())
+    model = attach(model, AdapterSpec(rank=4, alpha=8.0)).model
     train_rows = synthetic.generate_rows("attribute_infer", "train", 64)
     result = train_lora(model, tokenizer, train_rows, TrainSpec(steps=30, lr=5e-3, micro_batch=16,
                         log_every=5, warmup_steps=2), seed=0, fmt="raw", device="cpu")

@@ -104,16 +104,16 @@ def model_refs(monkeypatch):
     """Weak references to every model a trial trains, to check that none outlives its trial."""
     import weakref
 
-    import harness.train
+    import harness.capacity.adapters
 
-    refs, attach = [], harness.train.attach_lora
+    refs, attach = [], harness.capacity.adapters.attach
 
     def tracked(*args, **kwargs):
-        model = attach(*args, **kwargs)
-        refs.append(weakref.ref(model))
-        return model
+        adapted = attach(*args, **kwargs)
+        refs.append(weakref.ref(adapted.model))
+        return adapted
 
-    monkeypatch.setattr(harness.train, "attach_lora", tracked)
+    monkeypatch.setattr(harness.capacity.adapters, "attach", tracked)
     return refs
 
 
