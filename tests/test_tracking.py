@@ -66,7 +66,7 @@ def test_a_trial_run_is_grouped_named_tagged_and_carries_losses_and_scores(tmp_p
     assert record.ok and len(runs) == 1
     run = runs[0]
     assert run.init["id"] == wandb_run_id("track", spec.trial_id) and run.init["resume"] == "allow"
-    assert run.init["group"] == spec.cell_id and run.init["name"] == spec.name == "d1-concept-t6-v8-r2-s0"
+    assert run.init["group"] == spec.cell_id and run.init["name"] == spec.name == "d1-concept-t6-v8-lora-r2-s0"
     assert run.init["tags"] == ["track"] and run.init["project"] == "p"
     assert run.init["settings"].init_timeout == 7
     assert run.init["config"]["lora_rank"] == 2 and run.init["config"]["trial_id"] == spec.trial_id

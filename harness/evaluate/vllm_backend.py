@@ -68,7 +68,14 @@ class VLLMBackend:
 
 
 def adapter_rank(adapter_path: str | Path) -> int:
-    """The LoRA rank `r` from a PEFT adapter directory's adapter_config.json."""
+    """The LoRA rank `r` from a PEFT adapter directory's adapter_config.json. vLLM serves plain LoRA
+    only: other capacity families (capacity.json says which) are refused with what to do instead."""
+    spec_file = Path(adapter_path) / "capacity.json"
+    family = json.loads(spec_file.read_text()).get("family", "lora") if spec_file.exists() else "lora"
+    if family != "lora":
+        raise ValueError(f"{adapter_path}: a {family} adapter; vLLM serves plain LoRA adapters only. "
+                         "Evaluate it with the transformers path, or merge it first "
+                         "(harness.capacity.adapters.load_adapted(...).merged(); mole cannot be merged)")
     return int(json.loads((Path(adapter_path) / "adapter_config.json").read_text())["r"])
 
 
