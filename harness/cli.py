@@ -4,7 +4,7 @@
     harness sweep sweeps/smoke.yaml [--resume] [--address auto]
     harness trial sweeps/smoke.yaml --index 3          # one trial, no Ray (debugging, GPU checks)
     harness score BENCH.json RESPONSES.jsonl [--json]
-    harness analyze results/smoke [--compare results/other]
+    harness analyze results/smoke [--compare results/other] [--capacity adapter_params] [--by-family]
     harness data show sweeps/smoke.yaml
 
 Bad input (an InputError) prints one clear message and exits 2; nothing is launched.
@@ -147,12 +147,25 @@ def score(bench: Path, responses: Path,
 @app.command()
 def analyze(results_dir: Path,
             compare: Optional[Path] = typer.Option(None, help="A second sweep's results to compare."),
-            diversity: str = typer.Option("n_domains", help="n_domains, n_subtasks or div_entropy.")):
+            diversity: str = typer.Option("n_domains", help="n_domains, n_subtasks or div_entropy."),
+            capacity: str = typer.Option("lora_rank", help="Capacity column, on a log2 scale: "
+                                         "lora_rank, adapter_params, trainable_params or budget_size."),
+            by_family: Optional[bool] = typer.Option(
+                None, "--by-family/--no-by-family", help="Fit the interaction per capacity family and "
+                "test whether it differs (default: on when the records hold more than one family)."),
+            family_size: Optional[str] = typer.Option(
+                None, help="Size axis of the per-family fits (default: budget_size when every trial "
+                "was matched to a parameter budget, else --capacity).")):
     """Write report.md, summary.json and figures/ for a sweep's results."""
     from harness.analysis import analyze as run_analysis
 
-    summary = run_analysis(results_dir, compare=compare, diversity=diversity)
+    summary = run_analysis(results_dir, compare=compare, diversity=diversity, capacity=capacity,
+                           by_family=by_family, family_size=family_size)
     typer.echo(f"report: {results_dir / 'report.md'}")
+    if summary.families is not None and summary.families["differs"] is not None:
+        verdict = "differs" if summary.families["differs"] else "shows no evidence of differing"
+        typer.echo(f"interaction by capacity family: {verdict} between "
+                   f"{', '.join(summary.families['fits'])} (see report)")
     return summary
 
 

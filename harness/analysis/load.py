@@ -20,7 +20,10 @@ from harness.errors import InputError, unknown_name_message
 from harness.results import TrialRecord, load_records, score_rows
 
 # Train fields copied onto the per-trial table (capacity can be e.g. trainable_params).
-TRAIN_COLUMNS = ("steps", "final_loss", "eval_loss", "wall_s", "tokens_per_s", "trainable_params")
+TRAIN_COLUMNS = ("steps", "final_loss", "eval_loss", "wall_s", "tokens_per_s", "trainable_params",
+                 "adapter_bytes")
+FAMILY = "capacity_family"  # lora | dora | multi_lora | mole; None for the baseline
+BUDGET_SIZE = "budget_size"  # capacity_budget as a number (see budget_size)
 
 
 @dataclass
@@ -135,15 +138,56 @@ def choose_eval_set(records: list[TrialRecord], wanted: str | None) -> str | Non
     return wanted
 
 
+def record_factors(record: TrialRecord) -> dict[str, Any]:
+    """run.factors with the capacity keys every record is analysed by, and `budget_size`.
+
+    Records written before capacity families lack capacity_family, capacity, adapter_params and
+    capacity_budget; they were all plain LoRA, so they read as family "lora", label "lora-r<rank>",
+    no budget, and adapter_params = the measured train.trainable_params (the same count). A newer
+    record whose adapter_params is None (parameters not countable from the shape) gets the measured
+    count too, so `capacity="adapter_params"` works on every record that trained.
+    """
+    factors = dict(record.run.factors)
+    trial = record.run.kind != "baseline"
+    rank = factors.get("lora_rank")
+    factors.setdefault(FAMILY, "lora" if trial else None)
+    factors.setdefault("capacity", f"lora-r{rank}" if trial and rank else None)
+    factors.setdefault("capacity_budget", None)
+    if factors.get("adapter_params") is None:
+        measured = record.train.trainable_params
+        factors["adapter_params"] = measured if measured or not trial else None
+    factors[BUDGET_SIZE] = budget_size(factors["capacity_budget"])
+    return factors
+
+
+def budget_size(label: Any) -> int | None:
+    """A match_params budget label as a number: 'r16' -> 16 (a plain-LoRA rank), '400000' -> 400000.
+
+    Only log2 differences enter the fits, and plain LoRA's parameters are proportional to its rank,
+    so 'r8' -> 'r16' is one doubling whichever unit is used; budget_kinds says when a sweep mixes
+    the two.
+    """
+    text = str(label) if label is not None else ""
+    if text[:1] == "r" and text[1:].isdigit():
+        return int(text[1:])
+    return int(text) if text.isdigit() else None
+
+
+def budget_kinds(labels: Any) -> set[str]:
+    """{'rank'} for 'r<k>' budgets, {'params'} for parameter counts; both when a sweep mixes."""
+    return {"rank" if str(v).startswith("r") else "params" for v in labels if not pd.isna(v)}
+
+
 def _flat_factors(record: TrialRecord) -> dict[str, Any]:
     # Lists become "a+b" so they group in pandas, as in scores.parquet.
     return {
         k: "+".join(map(str, v)) if isinstance(v, (list, tuple)) else v
-        for k, v in record.run.factors.items()
+        for k, v in record_factors(record).items()
     }
 
 
-def _base_row(record: TrialRecord) -> dict[str, Any]:
+def record_row(record: TrialRecord) -> dict[str, Any]:
+    """One record's ids, factors (capacity keys filled), diversity measures and train fields."""
     row = {"trial_id": record.run.trial_id, "cell_id": record.run.cell_id,
            "kind": record.run.kind, "sweep": record.run.sweep, "status": record.train.status.value}
     row.update(_flat_factors(record))
@@ -169,7 +213,7 @@ def trial_table(records: list[TrialRecord], eval_set: str | None) -> pd.DataFram
     for record in records:
         score = _overall(record, eval_set) if record.ok and eval_set else None
         if score is not None:
-            rows.append({**_base_row(record), "eval_set": eval_set, "score": float(score)})
+            rows.append({**record_row(record), "eval_set": eval_set, "score": float(score)})
     return pd.DataFrame(rows)
 
 
@@ -179,19 +223,20 @@ def track_table(records: list[TrialRecord], eval_set: str | None) -> pd.DataFram
     for record in records:
         result = record.eval.get(eval_set) if record.ok and eval_set else None
         for track, score in (result.tracks.items() if result else ()):
-            rows.append({**_base_row(record), "eval_set": eval_set, "track": str(track),
+            rows.append({**record_row(record), "eval_set": eval_set, "track": str(track),
                          "score": float(score)})
     return pd.DataFrame(rows)
 
 
 def task_table(records: list[TrialRecord], eval_set: str | None) -> pd.DataFrame:
     """One row per successful record x task on eval_set (the scores.parquet rows, filtered)."""
-    rows = [row for r in records for row in score_rows(r) if row["eval_set"] == eval_set]
+    rows = [{**row, **_flat_factors(r)} for r in records for row in score_rows(r)
+            if row["eval_set"] == eval_set]
     return pd.DataFrame(rows)
 
 
 def failed_table(records: list[TrialRecord]) -> pd.DataFrame:
     """Failed and cancelled trials with their factors and reason, for the report's failure list."""
-    rows = [{**_base_row(r), "reason": r.train.reason or "(no reason recorded)"}
+    rows = [{**record_row(r), "reason": r.train.reason or "(no reason recorded)"}
             for r in records if not r.ok]
     return pd.DataFrame(rows)

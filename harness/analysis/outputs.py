@@ -40,19 +40,22 @@ class AnalysisSummary:
     figures: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     compare_sweep: str | None = None
+    families: dict[str, Any] | None = None  # the per-family fits and test, when computed
 
 
 def analyze(results_dir: Path, *, compare: Path | None = None, eval_set: str | None = None,
             diversity: str = "n_domains", capacity: str = "lora_rank",
-            log2_capacity: bool = True) -> AnalysisSummary:
+            log2_capacity: bool = True, by_family: bool | None = None,
+            family_size: str | None = None) -> AnalysisSummary:
     """Analyse one sweep (optionally against another) and write the report into results_dir.
 
     Raises InputError when results_dir holds no readable records; every lesser problem (failed
     trials, foreign or unreadable records, a design too small for a claim) becomes a warning.
+    by_family and family_size: see compute_analysis (per-capacity-family fits).
     """
     results_dir = Path(results_dir)
     options = dict(eval_set=eval_set, diversity=diversity, capacity=capacity,
-                   log2_capacity=log2_capacity)
+                   log2_capacity=log2_capacity, by_family=by_family, family_size=family_size)
     a = compute_analysis(results_dir, **options)
     other = None
     if compare is not None:
@@ -69,7 +72,8 @@ def analyze(results_dir: Path, *, compare: Path | None = None, eval_set: str | N
         n_failed=len(a.loaded.failed), n_baseline=len(a.loaded.baselines),
         interaction=_clean(a.fit.to_dict()), report_path=report_path, summary_path=summary_path,
         figures=list(figures.values()), warnings=list(a.warnings),
-        compare_sweep=other.sweep if other else None)
+        compare_sweep=other.sweep if other else None,
+        families=_clean(a.families.to_dict()) if a.families is not None else None)
 
 
 def _compare_options(a: Analysis, compare: Path, options: dict) -> dict:
@@ -91,6 +95,9 @@ def write_figures(a: Analysis, folder: Path) -> dict[str, Path]:
         figures["heatmap"] = plots.heatmap_figure(a.cells, a.diversity, a.capacity)
     if not a.track_cells.empty:
         figures["tracks"] = plots.track_panels_figure(a.track_cells, a.diversity, a.capacity)
+    if a.families is not None and not a.families.cells.empty:
+        figures["families"] = plots.family_panels_figure(a.families.cells, a.diversity,
+                                                         a.families.size)
     if plots.has_curves(a.loaded.trials, a.diversity, a.capacity):
         figures["training_curves"] = plots.training_curves_figure(a.loaded.trials, a.diversity,
                                                                   a.capacity)
@@ -114,6 +121,7 @@ def summary_dict(a: Analysis, other: Analysis | None = None,
         "versus_baseline": _records(a.versus_baseline),
         "interaction": a.fit.to_dict(),
         "track_interactions": {t: f.to_dict() for t, f in a.track_fits.items()},
+        "family_interactions": a.families.to_dict() if a.families is not None else None,
         "cells": _records(a.cells), "track_cells": _records(a.track_cells),
         "marginal_gains": _records(a.gains),
         "trials": _records(a.trials), "failed": _records(a.failed),

@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from harness.analysis.load import FAMILY, record_row
 from harness.analysis.tables import level_label
 from harness.results import TrialRecord
 
@@ -80,20 +81,31 @@ def heatmap_figure(cells: pd.DataFrame, diversity: str, capacity: str) -> Figure
     return fig
 
 
-def track_panels_figure(track_cells: pd.DataFrame, diversity: str, capacity: str) -> Figure:
-    """One interaction panel per track, so a track that drives (or hides) the effect shows."""
-    tracks = sorted(track_cells["track"].unique())
-    cols = min(len(tracks), 2)
-    rows = -(-len(tracks) // cols)
+def panels_figure(cells: pd.DataFrame, panel: str, diversity: str, capacity: str,
+                  title: str = "{panel} {value}", sharey: bool = False) -> Figure:
+    """One interaction panel per level of `panel` (a track, a capacity family), two to a row."""
+    values = sorted(cells[panel].unique(), key=str)
+    cols = min(len(values), 2)
+    rows = -(-len(values) // cols)
     fig = new_figure(4.0 * cols, 3.2 * rows)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax, track in zip(axes.flat, tracks):
-        _interaction_lines(ax, track_cells[track_cells["track"] == track], diversity, capacity)
-        ax.set_title(f"track {track}")
-    for ax in list(axes.flat)[len(tracks):]:
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=sharey)
+    for ax, value in zip(axes.flat, values):
+        _interaction_lines(ax, cells[cells[panel] == value], diversity, capacity)
+        ax.set_title(title.format(panel=panel, value=value))
+    for ax in list(axes.flat)[len(values):]:
         ax.set_visible(False)
     axes.flat[0].legend(title=capacity, fontsize="small")
     return fig
+
+
+def track_panels_figure(track_cells: pd.DataFrame, diversity: str, capacity: str) -> Figure:
+    """One interaction panel per track, so a track that drives (or hides) the effect shows."""
+    return panels_figure(track_cells, "track", diversity, capacity, "track {value}")
+
+
+def family_panels_figure(family_cells: pd.DataFrame, diversity: str, size: str) -> Figure:
+    """One interaction panel per capacity family on a shared score axis: slopes compare by eye."""
+    return panels_figure(family_cells, FAMILY, diversity, size, "{value}", sharey=True)
 
 
 def training_curves_figure(records: list[TrialRecord], diversity: str, capacity: str) -> Figure:
@@ -132,8 +144,7 @@ def _curve_rows(records: list[TrialRecord], diversity: str, capacity: str) -> li
     for record in records:
         if not record.train.loss_curve:
             continue
-        values = {**record.run.factors, **{f"div_{k}": v for k, v in record.data.diversity.items()},
-                  "trainable_params": record.train.trainable_params}
-        if diversity in values and capacity in values:
+        values = record_row(record)  # factors (capacity keys filled), div_*, train columns
+        if values.get(diversity) is not None and values.get(capacity) is not None:
             rows.append((values[diversity], values[capacity], record.train.loss_curve, record.ok))
     return rows

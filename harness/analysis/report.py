@@ -1,7 +1,8 @@
 """report.md: the analysis as a document someone can read without the code or the notebook.
 
 Sections, in order: warnings (first, so they are not missed), what was run, base model vs trained,
-the interaction, marginal gains, the paper-style tables, per-track and per-task breakdowns, training
+the interaction, the interaction per capacity family (when there are several, or when asked),
+marginal gains, the paper-style tables, per-track and per-task breakdowns, training
 curves, failed trials, and the comparison with another sweep when asked for.
 """
 
@@ -13,6 +14,8 @@ import pandas as pd
 
 from harness.analysis import tables
 from harness.analysis.compare import comparison_markdown
+from harness.analysis.family import FamilyComparison
+from harness.analysis.load import FAMILY
 from harness.analysis.pipeline import Analysis
 from harness.analysis.stats import ALPHA
 from harness.analysis.tables import DASH, fmt, fmt_ci, fmt_level, fmt_p, markdown_table
@@ -25,7 +28,8 @@ def render_report(a: Analysis, figures: dict[str, str] | None = None,
     parts = [
         f"# Diversity x capacity analysis: `{a.sweep}`",
         _warnings(a), _what_was_run(a), _versus_baseline(a), _interaction(a, figures),
-        _gains(a), _ablations(a), _breakdowns(a, figures), _curves(figures), _failed(a),
+        _families(a, figures), _gains(a), _ablations(a), _breakdowns(a, figures),
+        _curves(figures), _failed(a),
     ]
     if other is not None:
         parts.append(f"## Comparison with `{other.sweep}`\n\n{comparison_markdown(a, other)}")
@@ -62,6 +66,10 @@ def _what_was_run(a: Analysis) -> str:
         f"`{a.fit.capacity}`; score = overall (mean of track scores)",
         f"- Eval sets in the records: {sets or DASH} (pick one with `eval_set=`)",
     ]
+    if a.families is not None:
+        ref = a.families.reference
+        lines.append(f"- Per capacity family: `score ~ {a.diversity} * {a.families.shown_size}` "
+                     "within each family" + (f", differences against `{ref}`" if ref else ""))
     lines += [f"- {name}: {levels}" for name, levels in _factor_levels(a.trials)]
     return "\n".join(lines)
 
@@ -84,9 +92,12 @@ def _span(values) -> str:
 
 def _factor_levels(trials: pd.DataFrame) -> list[tuple[str, str]]:
     # subtasks lists are long; n_subtasks says enough
-    names = ["domains", "n_domains", "n_subtasks", "volume", "lora_rank", "lora_alpha"]
-    return [(n, ", ".join(map(fmt_level, sorted(trials[n].unique(), key=_sort_key))))
-            for n in names if n in trials.columns]
+    names = ["domains", "n_domains", "n_subtasks", "volume", FAMILY, "capacity", "capacity_budget",
+             "lora_rank", "lora_alpha"]
+    levels = {n: [v for v in trials[n].unique() if not pd.isna(v)]
+              for n in names if n in trials.columns}
+    return [(n, ", ".join(map(fmt_level, sorted(values, key=_sort_key))))
+            for n, values in levels.items() if values]
 
 
 def _sort_key(value) -> tuple:
@@ -154,6 +165,64 @@ def interaction_sentence(a: Analysis) -> str:
                        "diversity depends on capacity (which is not evidence that it does not).")
     direction = "more" if fit.estimate > 0 else "less"
     return head + f" The CI excludes zero: here diversity helps {direction} at higher capacity."
+
+
+def _families(a: Analysis, figures: dict[str, str]) -> str:
+    """Each capacity family's own interaction, and whether they differ (harness.analysis.family)."""
+    fam = a.families
+    if fam is None:
+        return ""
+    note = f"Each family is fitted on its own trials (`score ~ {a.diversity} * {fam.shown_size}`)"
+    if len(fam.differences):
+        note += (f"; differences are against `{fam.reference}`, with Welch intervals (the fits are "
+                 "independent and their residual variances need not be equal)")
+    note += "."
+    return "\n\n".join(p for p in [
+        "## Interaction by capacity family", family_sentence(a), note, tables.family_table(fam),
+        f"Mean overall score [95% t-CI over seeds] per family, `{a.diversity}` and `{fam.size}`:",
+        tables.ablation_table(a.trials, [FAMILY, a.diversity], fam.size),
+        _figure(figures, "families", "Interaction per capacity family"),
+    ] if p)
+
+
+def family_sentence(a: Analysis) -> str:
+    """Each family's interaction in one line, then the verdict of the test that they differ."""
+    fam = a.families
+    if fam is None or not fam.fits:
+        return "No capacity families to compare."
+    per = "; ".join(f"`{name}` {tables.signed_ci(f.estimate, f.ci_low, f.ci_high)}"
+                    if f.estimable else f"`{name}` not estimable ({f.reason})"
+                    for name, f in fam.fits.items())
+    head = f"Interaction of `{a.diversity}` with {fam.shown_size}, per family (95% CI): {per}."
+    om = fam.omnibus
+    reason = om.get("reason") or (None if fam.differs is not None else "the fits are exact, so "
+                                  "there is no residual variance to test against")
+    if reason:
+        return head + f" Whether it differs between families cannot be tested: {reason}."
+    test = (f"F({fmt_level(om['df_num'])}, {fmt_level(om['df_den'])}) = {om['F']:.2f}, "
+            f"p = {om['p_value']:.3g}, test of `{a.diversity}:{fam.shown_size}:C({FAMILY})`")
+    pairs = _pairs_excluding_zero(fam)
+    if fam.differs:
+        found = (f"Differences from `{fam.reference}` whose 95% CI excludes zero: {pairs}."
+                 if pairs else f"No single family's difference from `{fam.reference}` has a "
+                 "95% CI that excludes zero.")
+        return head + f" The interaction differs between families ({test}). {found}"
+    text = head + (f" No evidence that the interaction differs between families ({test}); "
+                   "which is not evidence that it is the same.")
+    if pairs:  # the F-test pools residual variance, the Welch intervals do not
+        text += (f" Yet the Welch interval of {pairs} excludes zero: the F-test pools residual "
+                 "variance across families and the Welch interval does not, so compare the "
+                 "residual SDs in the table.")
+    return text
+
+
+def _pairs_excluding_zero(fam: FamilyComparison) -> str:
+    """'`mole` − `lora` = -0.0315 [-0.0364, -0.0265]' for each difference whose CI excludes 0."""
+    d = fam.differences
+    which = d[(d.ci_low > 0) | (d.ci_high < 0)] if not d.empty else d
+    return "; ".join(f"`{r.family}` − `{r.reference}` = "
+                     f"{tables.signed_ci(r['diff'], r.ci_low, r.ci_high)}"
+                     for _, r in which.iterrows())
 
 
 def _anova_table(anova: pd.DataFrame) -> str:
@@ -230,7 +299,7 @@ def _failed(a: Analysis) -> str:
     head = "## Failed trials\n\n"
     if a.failed.empty:
         return head + "None."
-    keys = [k for k in ("domains", "n_subtasks", "volume", "lora_rank", "seed")
+    keys = [k for k in ("domains", "n_subtasks", "volume", "capacity", "lora_rank", "seed")
             if k in a.failed.columns]
     rows = [[f"`{r.trial_id}`", r.status, ", ".join(f"{k}={r[k]}" for k in keys),
              _clip(r.reason)]

@@ -1,4 +1,4 @@
-"""Paper-style markdown tables: capability ablation, task ablation, LoRA rank, breakdowns.
+"""Paper-style markdown tables: capability ablation, task ablation, LoRA rank, breakdowns, families.
 
 Each builder takes the per-trial table (one row per successful trial, overall score in `score`) and
 returns markdown, so the report and the notebook print the same thing. Every mean carries its 95%
@@ -13,7 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-from harness.analysis.stats import cell_means, mean_ci
+from harness.analysis.family import FamilyComparison, residual_sd
+from harness.analysis.load import FAMILY
+from harness.analysis.stats import InteractionFit, cell_means, mean_ci
 
 DASH = "—"
 
@@ -150,3 +152,54 @@ def task_breakdown_table(tasks: pd.DataFrame, baseline_tasks: pd.DataFrame, dive
     rows = [[task, str(m.track), str(m.metric), fmt(base.get(task)),
              *(fmt(means.get((task, v))) for v in levels)] for task, m in meta.iterrows()]
     return markdown_table(headers, rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Capacity families
+
+
+def family_table(comparison: FamilyComparison) -> str:
+    """One row per capacity family: its own interaction [95% CI], and its difference from the
+    reference family (plain LoRA when present) with a Welch 95% CI."""
+    if not comparison.fits:
+        return "_No successful trials._"
+    diffs = comparison.differences.set_index("family") if not comparison.differences.empty else None
+    unit = "doubling" if comparison.log2 else "unit"
+    headers = ["family", "trials", f"{comparison.size} levels",
+               f"interaction per {unit} [95% CI]", "p", "residual SD",
+               f"− {comparison.reference or 'reference'} [95% Welch CI]", "p (difference)"]
+    rows = [[name, str(comparison.trials.get(name, 0)), _size_levels(comparison, name),
+             *_fit_cells(fit), *_diff_cells(diffs, name, comparison.reference)]
+            for name, fit in comparison.fits.items()]
+    return markdown_table(headers, rows)
+
+
+def _size_levels(comparison: FamilyComparison, name: str) -> str:
+    cells = comparison.cells
+    if cells.empty:
+        return DASH
+    levels = sorted(cells.loc[cells[FAMILY] == name, comparison.size].unique())
+    return ", ".join(fmt_level(v) for v in levels) or DASH
+
+
+def _fit_cells(fit: InteractionFit) -> list[str]:
+    if not fit.estimable:
+        return [f"not estimable: {fit.reason}", DASH, DASH]
+    return [signed_ci(fit.estimate, fit.ci_low, fit.ci_high), fmt_p(fit.p_value),
+            fmt(residual_sd(fit), 4)]
+
+
+def _diff_cells(diffs: pd.DataFrame | None, name: str, reference: str | None) -> list[str]:
+    if name == reference:
+        return ["(reference)", DASH]
+    if diffs is None or name not in diffs.index:
+        return [DASH, DASH]
+    row = diffs.loc[name]
+    return [signed_ci(row["diff"], row.ci_low, row.ci_high), fmt_p(row.p_value)]
+
+
+def signed_ci(estimate: float, low: float, high: float) -> str:
+    """'+0.0301 [+0.0254, +0.0348]': interaction slopes are small and their sign is the point."""
+    if math.isnan(low):
+        return f"{estimate:+.4f} (no CI)"
+    return f"{estimate:+.4f} [{low:+.4f}, {high:+.4f}]"

@@ -9,7 +9,8 @@ REPO = Path(__file__).resolve().parents[2]
 CHECK = """
 import sys
 import harness.analysis
-import harness.analysis.compare, harness.analysis.load, harness.analysis.outputs
+import harness.analysis.compare, harness.analysis.family, harness.analysis.load
+import harness.analysis.outputs
 import harness.analysis.pipeline, harness.analysis.plots, harness.analysis.report
 import harness.analysis.stats, harness.analysis.tables
 heavy = sorted(m for m in ("torch", "ray") if m in sys.modules)

@@ -1,6 +1,7 @@
 """Loading records: the per-trial table, the baseline kept apart, and bad input said plainly."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +10,8 @@ from harness.analysis.load import load_sweep, trial_table
 from harness.errors import InputError
 from harness.results import TrialStatus
 from synth_results import make_baseline, make_record, make_results, write_trials
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "smoke_results"
 
 
 def test_trial_table_has_overall_score_and_factors(planted_dir):
@@ -89,3 +92,48 @@ def test_pooling_over_another_varied_factor_is_said(tmp_path):
         record.run.cell_id += "-v800"
     write_trials(tmp_path, records)
     assert any("differ in volume" in w for w in compute_analysis(tmp_path).warnings)
+
+
+def test_records_without_capacity_keys_read_as_plain_lora(tmp_path):
+    make_results(tmp_path, seeds=(0, 1), ranks=(2, 4), n_domains=(1, 2), legacy=True)
+    a = compute_analysis(tmp_path)
+    assert "capacity_family" not in a.loaded.successful[0].run.factors  # really old-style
+    assert (a.trials["capacity_family"] == "lora").all()
+    assert a.trials["capacity_budget"].isna().all() and a.trials["budget_size"].isna().all()
+    assert (a.trials["adapter_params"] == a.trials["trainable_params"]).all()
+    assert set(a.trials["capacity"]) == {"lora-r2", "lora-r4"}
+    assert a.baseline["capacity_family"].isna().all() and (a.baseline["adapter_params"] == 0).all()
+    assert a.families is None and not any("pool" in w for w in a.warnings)
+
+
+def test_new_capacity_columns_are_in_the_trial_table(planted_dir):
+    table = compute_analysis(planted_dir).trials
+    assert {"capacity_family", "capacity", "adapter_params", "capacity_budget", "budget_size",
+            "trainable_params", "adapter_bytes"} <= set(table.columns)
+    assert (table["adapter_bytes"] == 2 * table["adapter_params"]).all()
+
+
+def test_capacity_as_adapter_params_is_log2_of_parameters(planted_dir):
+    # adapter_params = 4096 * rank, so log2 shifts by a constant: the same interaction.
+    by_rank = compute_analysis(planted_dir).fit
+    a = compute_analysis(planted_dir, capacity="adapter_params")
+    assert a.fit.capacity == "log2(adapter_params)" and a.fit.n_obs == 36
+    assert a.fit.estimate == pytest.approx(by_rank.estimate)
+    assert (a.fit.ci_low, a.fit.ci_high) == pytest.approx((by_rank.ci_low, by_rank.ci_high))
+    assert list(a.fit.anova.index)[1] == "log2(adapter_params)"
+
+
+def test_zero_parameters_cannot_go_on_a_log2_scale(tmp_path):
+    records = [make_record(d, r, s, 0.5) for d in (1, 2) for r in (2, 4) for s in (0, 1)]
+    records[0].run.factors["adapter_params"] = 0
+    write_trials(tmp_path, records)
+    with pytest.raises(InputError, match="'adapter_params' is 0 or negative"):
+        compute_analysis(tmp_path, capacity="adapter_params")
+
+
+@pytest.mark.skipif(not FIXTURE.is_dir(), reason="tests/fixtures/smoke_results not committed yet")
+def test_committed_fixture_analyses_by_parameters():
+    a = compute_analysis(FIXTURE, capacity="adapter_params", by_family=True)
+    assert (a.trials["capacity_family"] == "lora").all()
+    assert (a.trials["adapter_params"] == a.trials["trainable_params"]).all()
+    assert a.fit.capacity == "log2(adapter_params)" and list(a.families.fits) == ["lora"]
