@@ -101,8 +101,10 @@ def sweep(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
 def trial(sweep_file: Path, index: int = typer.Option(0, help="Trial index from `harness plan`."),
           set_: Optional[list[str]] = SetOpt,
           device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: auto)."),
-          output: Optional[Path] = typer.Option(None, help="Results directory (default: the sweep's).")):
-    """Run one trial of a sweep in this process, without Ray."""
+          output: Optional[Path] = typer.Option(None, help="Results directory (default: the sweep's)."),
+          ranks: Optional[int] = typer.Option(None, help="Data-parallel processes (default: resources.ranks, "
+                                              "or one per GPU of resources.gpu).")):
+    """Run one trial of a sweep in this process (plus its data-parallel ranks), without Ray."""
     from harness.model import resolve_model_path
     from harness.sweep import planned_trials
     from harness.trial import run_trial
@@ -113,9 +115,10 @@ def trial(sweep_file: Path, index: int = typer.Option(0, help="Trial index from 
         raise typer.BadParameter(f"--index {index}: the sweep has trials 0..{len(trials) - 1}")
     import torch
 
-    torch.set_num_threads(max(int(spec.resources.cpu), 1))  # as a Ray worker would
+    ranks = ranks or spec.resources.ranks_per_trial()
+    torch.set_num_threads(max(int(spec.resources.cpu) // ranks, 1))  # as a Ray worker would
     resolve_model_path(spec.base_model)
-    record = run_trial(trials[index], output or spec.results_dir, device=device,
+    record = run_trial(trials[index], output or spec.results_dir, device=device, ranks=ranks,
                        wandb_mode=spec.wandb.mode, wandb_project=spec.wandb.project,
                        wandb_entity=spec.wandb.entity)
     typer.echo(json.dumps({"trial_id": record.run.trial_id, "status": record.train.status.value,

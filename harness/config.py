@@ -218,6 +218,13 @@ class ResourceSpec(Spec):
     gpu: Union[float, Literal["auto"]] = "auto"  # per trial: a fraction packs trials on one GPU; auto: 1 if any
     max_concurrent: int | None = Field(default=None, ge=1)
     gpu_memory_gib: float | None = Field(default=None, gt=0)  # declared GPU size: plan warns past it
+    # Data-parallel processes per trial (torch distributed): default one per whole GPU when gpu >= 2,
+    # else 1. On CPUs, 2+ runs the same data-parallel code (gloo) without GPUs.
+    ranks: int | None = Field(default=None, ge=1)
+
+    def ranks_per_trial(self) -> int:
+        gpu = self.gpu if self.gpu != "auto" else 1
+        return self.ranks or (int(gpu) if gpu >= 2 else 1)
 
 
 class WandbSpec(Spec):
@@ -568,6 +575,13 @@ def semantic_problems(spec: SweepSpec) -> list[str]:
     gpu = spec.resources.gpu
     if gpu != "auto" and (gpu < 0 or (gpu > 1 and not float(gpu).is_integer())):
         problems.append(f"resources.gpu: {gpu}: use a fraction in (0, 1], a whole number, 0, or auto")
+    ranks = spec.resources.ranks
+    if ranks and gpu != "auto" and gpu >= 2 and ranks != int(gpu):
+        problems.append(f"resources.ranks: {ranks} processes for {gpu:g} GPUs per trial; a data-parallel "
+                        "trial runs one process per GPU (leave ranks out, or make them equal)")
+    if ranks and ranks > 1 and gpu != "auto" and 0 < gpu < 1:
+        problems.append(f"resources.ranks: {ranks} processes cannot share a fraction of a GPU "
+                        f"(resources.gpu {gpu:g}); use whole GPUs, or 0 to run the ranks on CPUs")
     from harness.capacity.settings import capacity_problems
 
     problems += _train_schedule_problems(spec.train) + _search_problems(spec)

@@ -17,8 +17,9 @@ The harness must be installed on every node.
 
 Resources (`resources:`): each trial asks for `cpu` CPUs and `gpu` GPUs; a fraction (0.25) packs
 four trials on one GPU; `auto` takes a whole GPU when the cluster has one, else runs on CPUs. A
-request that no single node can hold is refused before anything starts. Trials on more than one GPU
-(torch distributed) are not supported yet.
+request that no single node can hold is refused before anything starts. A trial on several whole
+GPUs (`gpu: 4`) runs data-parallel, one torch.distributed process per GPU (harness.distributed);
+`resources.ranks: 2` does the same on CPUs.
 """
 
 from __future__ import annotations
@@ -105,10 +106,9 @@ def trial_resources(spec: SweepSpec, cluster: dict[str, float],
     if gpu == "auto":
         gpu = 1.0 if most_gpus >= 1 else 0.0
     gpu, cpu = float(gpu), float(spec.resources.cpu)
-    if gpu > 1:
-        raise InputError(f"resources.gpu: {gpu:g} GPUs per trial: trials on several GPUs (torch "
-                         "distributed) are not supported yet; use 1, or a fraction such as 0.25 to pack "
-                         "trials on one GPU")
+    if gpu > 1 and not gpu.is_integer():
+        raise InputError(f"resources.gpu: {gpu:g}: a trial on several GPUs takes whole GPUs (2, 4, 8), "
+                         "one data-parallel process each; fractions below 1 pack trials on one GPU")
     if gpu and not cluster.get("GPU", 0):
         raise InputError(f"resources.gpu: {gpu:g} GPU per trial requested but the Ray cluster has no GPU; "
                          "set resources.gpu: 0 (or auto) to run on CPUs")
@@ -131,18 +131,129 @@ def describe_nodes(nodes: list[dict[str, float]]) -> str:
     return "; ".join(f"{k} x ({text})" for text, k in counts.items()) or "no live nodes"
 
 
-def _init_ray(address: str | None, num_cpus: int | None):
+CLIENT_SCHEME = "ray://"
+# Read by Tune's controller. With Ray Client that controller runs as an actor on the cluster's head,
+# where the driver's os.environ (see _lenient_metric_checks) never arrives; the job's runtime_env does.
+CLIENT_ENV = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
+CLIENT_CONNECT_TRIES = 3  # see _init_client
+PROBE_TIMEOUT_S = 120.0  # a first worker on a busy or freshly scaled cluster can take a while
+SHARED_DIR_WAIT_S = 15.0  # NFS attribute caches may hide a file just written for a few seconds
+
+
+def _init_ray(address: str | None, num_cpus: int | None, results_dir: Path | None = None):
+    """A local Ray (no address), or a connection to an existing cluster that is checked first.
+
+    - "auto" or "host:port": this machine is a node of the cluster (or RAY_ADDRESS names it); the
+      driver and Tune's controller run here. "auto" finds the cluster that `ray start` last started
+      on this machine (its address file under $RAY_TMPDIR/ray, default /tmp/ray).
+    - "ray://host:port" (Ray Client): only the driver runs here; Tune's controller runs as an actor
+      on the head and trials on the workers, which see nothing of this machine. So the harness must
+      be installed on every node, and output_dir and every data or evaluation file must be paths
+      that every node sees (the client ships no files; the probe below checks output_dir).
+    An existing cluster keeps its own resources, so `num_cpus` is for a local Ray only.
+    """
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
         return ray
-    if address:  # an existing cluster ("auto", "host:port", "ray://host:10001"): its resources as they are
-        ray.init(address=address, log_to_driver=True)
-    else:
+    if not address:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                  log_to_driver=True)
+        return ray
+    if num_cpus:
+        raise InputError(f"--num-cpus {num_cpus} is for a local Ray; the cluster at {address} keeps "
+                         "its own resources (drop --num-cpus, or --address to run locally)")
+    _connect(ray, address)
+    _probe_cluster(ray, address, results_dir)
     return ray
+
+
+def _connect(ray, address: str) -> None:
+    """ray.init for an existing cluster: Ray Client takes no local-only arguments (num_cpus,
+    include_dashboard) and gets the controller's environment through the job's runtime_env."""
+    client = address.startswith(CLIENT_SCHEME)
+    try:
+        if client:
+            _init_client(ray, address)
+        else:
+            ray.init(address=address, log_to_driver=True)
+    except ImportError as exc:  # Ray Client needs grpcio, which a minimal `pip install ray` lacks
+        from harness.errors import MissingDependencyError
+
+        raise MissingDependencyError(f"--address {address}: Ray Client needs grpcio ({exc}); "
+                                     "pip install 'ray[client]'") from exc
+    except ConnectionError as exc:
+        hint = ("is a Ray Client server listening there? The head must run `ray start --head "
+                "--ray-client-server-port=PORT` with the same Ray and Python versions as here"
+                if client else "start the cluster first (`ray start --head`), or give its address "
+                "as host:port or ray://host:10001 (or set RAY_ADDRESS)")
+        raise InputError(f"--address {address}: cannot connect to a Ray cluster: {exc}; {hint}") from exc
+
+
+def _init_client(ray, address: str) -> None:
+    """Connect through Ray Client, again when the server's process for this client died as it
+    started ("Initialization failure from server": ray-project/ray#63202, a few percent of
+    connections); that failure is immediate, unlike an unreachable server's 30 s time-out."""
+    for attempt in range(1, CLIENT_CONNECT_TRIES + 1):
+        try:
+            ray.init(address=address, runtime_env={"env_vars": CLIENT_ENV})
+            return
+        except ConnectionError as exc:
+            if attempt == CLIENT_CONNECT_TRIES or "Initialization failure" not in str(exc):
+                raise
+            log.warning("Ray Client: the server's process for this connection failed to start "
+                        "(attempt %d of %d); connecting again", attempt, CLIENT_CONNECT_TRIES)
+            time.sleep(1.0)
+
+
+def _probe_cluster(ray, address: str, results_dir: Path | None) -> None:
+    """One tiny task on the cluster before any trial starts: can a node import the harness, and
+    does it see the results directory the driver just wrote? Otherwise every trial would fail on
+    its worker, or run and leave its record where the driver never looks."""
+    marker = str(results_dir / "sweep.yaml") if results_dir is not None else None
+    probe = ray.remote(num_cpus=0, max_retries=0)(_node_probe())
+    try:
+        seen = ray.get(probe.remote(marker, SHARED_DIR_WAIT_S), timeout=PROBE_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        log.warning("cluster %s: no worker answered a probe in %.0f s; starting the sweep unchecked",
+                    address, PROBE_TIMEOUT_S)
+        return
+    where = f"the cluster at {address} (node {seen['host']})"
+    if seen.get("error"):
+        raise InputError(f"{where} cannot import the harness ({seen['error']}): install "
+                         "divcap-harness, at the driver's version, on every node")
+    if marker is not None and not seen["sees_results"]:
+        raise InputError(f"output_dir: {where} does not see {marker}, which the driver wrote: set "
+                         "output_dir to storage that every node and the driver see (NFS, a shared disk)")
+    from harness import __version__
+
+    if seen["version"] != __version__:
+        log.warning("%s runs harness %s; the driver runs %s", where, seen["version"], __version__)
+
+
+def _node_probe():
+    """The probe's body, made in a closure so Ray ships it by value: a node without the harness
+    can still run it and say so, instead of failing to unpickle a function from harness.sweep."""
+    def probe(marker: str | None, wait_s: float) -> dict[str, Any]:
+        import os as _os
+        import platform
+        import time as _time
+
+        out: dict[str, Any] = {"host": platform.node(), "error": None, "version": None}
+        try:
+            import harness.sweep  # noqa: F401 - what the trials import first
+
+            out["version"] = harness.__version__
+        except Exception as exc:  # noqa: BLE001 - reported to the driver
+            out["error"] = f"{type(exc).__name__}: {exc}"
+        deadline = _time.monotonic() + wait_s
+        while marker is not None and not _os.path.exists(marker) and _time.monotonic() < deadline:
+            _time.sleep(0.5)
+        out["sees_results"] = marker is None or _os.path.exists(marker)
+        return out
+
+    return probe
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +285,8 @@ def _trainable(config: dict[str, Any], table: dict[str, Any] | None = None) -> N
         wandb = config["wandb"]
         meta = {"ray_node_id": ray.get_runtime_context().get_node_id(),
                 "tune_trial_id": tune.get_context().get_trial_id()}
-        record = run_trial(spec, results_dir, reporter=report, wandb_mode=wandb["mode"],
+        record = run_trial(spec, results_dir, reporter=report, ranks=config.get("ranks", 1),
+                           wandb_mode=wandb["mode"],
                            wandb_project=wandb["project"], wandb_entity=wandb["entity"],
                            wandb_init_timeout=wandb["init_timeout"], meta=meta)
     tune.report({**outcome_metrics(record), **tag, "harness_done": True})
@@ -223,7 +335,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     ran = 0
     if todo and _samples_left(spec, trials, done):
         _prepare_base_model(spec)
-        ray = _init_ray(address, num_cpus)
+        _prepare_mixtures(todo, results_dir)
+        ray = _init_ray(address, num_cpus, results_dir)
         resources = trial_resources(spec, ray.cluster_resources(), alive_nodes(ray.nodes()))
         ran = _run(spec, trials, todo, done, resources, results_dir)
     write_scores_table(results_dir)
@@ -276,6 +389,17 @@ def _prepare_base_model(spec: SweepSpec) -> None:
     resolve_model_path(spec.base_model)
 
 
+def _prepare_mixtures(todo: list[TrialSpec], results_dir: Path) -> None:
+    """Build each distinct training mixture once, here and serially, into <results>/mixtures/:
+    trials then only read it, and no two trials write the same cache entry at once."""
+    from harness.data import prepare_mixtures
+
+    started = time.perf_counter()
+    prepared = prepare_mixtures(todo, results_dir / "mixtures")
+    log.info("mixtures: built %d, already cached %d (%.1f s)", len(prepared.built),
+             len(prepared.cached), time.perf_counter() - started)
+
+
 def _fit(spec: SweepSpec, trials: list[TrialSpec], resources: dict[str, float], results_dir: Path,
          searcher: Any | None, samples: int):
     """One Tune run: a grid over trial ids, or `samples` draws of the searcher over factor choices."""
@@ -286,7 +410,8 @@ def _fit(spec: SweepSpec, trials: list[TrialSpec], resources: dict[str, float], 
     trainable = tune.with_resources(tune.with_parameters(_trainable, table=table), resources)
     param_space: dict[str, Any] = {
         "results_dir": str(results_dir),
-        "threads": max(int(resources["cpu"]), 1),
+        "ranks": spec.resources.ranks_per_trial(),
+        "threads": max(int(resources["cpu"]) // spec.resources.ranks_per_trial(), 1),  # per rank
         "wandb": spec.wandb.model_dump(),
         "env": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
     }
@@ -406,14 +531,23 @@ def _trial_name(trial) -> str:
 # Optuna over the grid's factor choices
 
 
-FACTORS = ("data_set", "volume", "lora_rank", "seed")
+FACTORS = ("data_set", "volume", "capacity", "seed")
 
 
 def factor_keys(spec: SweepSpec, trials: list[TrialSpec]) -> dict[tuple, str]:
-    """(data-set index, volume, rank, seed) -> trial id, for the real trials of the grid."""
+    """(data-set index, volume, capacity-setting index, seed) -> trial id, for the grid's real trials.
+    A capacity setting's index is its place in the grid's capacity x rank (or budget) order, which
+    is the same in every data cell even where the setting itself differs (multi_lora's groups)."""
+    from harness.capacity.settings import capacity_settings
+
     sets = [(d, s) for d, s in data_sets(spec)]
-    return {(sets.index((t.domains, t.subtasks)), t.volume, t.lora_rank, t.seed): t.trial_id
-            for t in trials if t.kind == "trial"}
+    settings = {i: capacity_settings(spec, d, s) for i, (d, s) in enumerate(sets)}
+    keys = {}
+    for t in trials:
+        if t.kind == "trial":
+            i = sets.index((t.domains, t.subtasks))
+            keys[(i, t.volume, settings[i].index(t.capacity), t.seed)] = t.trial_id
+    return keys
 
 
 def factor_key(config: dict[str, Any], text: bool = True):
@@ -429,7 +563,13 @@ def factor_space(spec: SweepSpec) -> dict[str, list]:
     """The choices of each factor: what Optuna samples (indices for the data sets)."""
     return {"data_set": list(range(len(data_sets(spec)))),
             "volume": spec.grid.volume or [spec.data.per_subtask],
-            "lora_rank": list(spec.grid.lora_rank), "seed": list(spec.grid.seed)}
+            "capacity": list(range(_n_capacity_settings(spec))), "seed": list(spec.grid.seed)}
+
+
+def _n_capacity_settings(spec: SweepSpec) -> int:
+    from harness.capacity.settings import capacity_settings
+
+    return len(capacity_settings(spec, *data_sets(spec)[0]))
 
 
 class FactorSampler:

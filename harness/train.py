@@ -8,6 +8,7 @@ where it goes (Ray Tune, W&B, stdout); it never touches files.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -19,6 +20,7 @@ import torch
 
 from harness.capacity.adapters import AdaptedModel
 from harness.config import TrainSpec
+from harness.distributed import DistContext, batch_tokens
 from harness.prompting import PromptFormat, format_prompt, render_answer
 
 IGNORE_INDEX = -100
@@ -64,12 +66,16 @@ def encode_example(row: dict[str, Any], tokenizer: Any, fmt: PromptFormat, max_l
     return Example(ids, labels, row.get("subtask", ""), group)
 
 
-def make_batches(examples: list[Example], micro_batch: int, seed: int, pad_id: int, packing: bool):
+def make_batches(examples: list[Example], micro_batch: int, seed: int, pad_id: int, packing: bool,
+                 dist: DistContext | None = None):
     """Endless shuffled (group, micro-batch) pairs of `micro_batch` examples of one adapter group.
 
     Packed: each micro-batch is one row with no padding at all (see collate_packed). Padded: rows of
-    similar length are batched together to limit the padding.
+    similar length are batched together to limit the padding. Data-parallel: every rank draws the
+    same global micro-batches and collates its own slice of each (DistContext.local_batch).
     """
+    dist = dist or DistContext.single()
+    collate_fn = collate_packed if packing else functools.partial(collate, pad_id=pad_id)
     rng = random.Random(seed)
     while True:
         chunks = []
@@ -83,7 +89,7 @@ def make_batches(examples: list[Example], micro_batch: int, seed: int, pad_id: i
         rng.shuffle(chunks)
         for chunk in chunks:
             batch = [examples[i] for i in chunk]
-            yield batch[0].group, collate_packed(batch) if packing else collate(batch, pad_id)
+            yield batch[0].group, dist.local_batch(batch, collate_fn)  # world 1: collate_fn(batch)
 
 
 def collate_packed(batch: list[Example]) -> dict[str, torch.Tensor]:
@@ -130,25 +136,32 @@ def as_adapted(model: Any) -> AdaptedModel:
 
 
 def train_lora(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: TrainSpec, *,
-               seed: int, fmt: PromptFormat, device: str, on_log: LogFn | None = None) -> TrainResult:
+               seed: int, fmt: PromptFormat, device: str, on_log: LogFn | None = None,
+               dist: DistContext | None = None) -> TrainResult:
     """Fine-tune the adapters of `model` (an AdaptedModel from harness.capacity, or a peft model) in
-    place. Only the adapter parameters train; the family decides routing and any auxiliary loss."""
+    place. Only the adapter parameters train; the family decides routing and any auxiliary loss.
+    With a data-parallel `dist` (harness.distributed) every rank calls this in lockstep; losses and
+    token counts are totals over ranks and only rank 0 reports."""
     if not rows:
         raise ValueError("no training rows")
+    dist = dist or DistContext.single(device)
     adapted = as_adapted(model)
     model = adapted.model
     torch.manual_seed(seed)
     examples = [encode_example(r, tokenizer, fmt, spec.max_seq_len, adapted.group_of(r)) for r in rows]
     params = adapted.trainable_parameters()
+    # multi_lora leaves the other groups' adapters out of each micro-batch: DDP must be told
+    net = dist.wrap(model, find_unused_parameters=len({e.group for e in examples}) > 1)
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(spec))
-    batches = make_batches(examples, spec.micro_batch, seed, tokenizer.pad_token_id, spec.packing)
+    batches = make_batches(examples, spec.micro_batch, seed, tokenizer.pad_token_id, spec.packing, dist)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     model.train()
     start, seen_tokens, sup_tokens, curve, loss_val = time.perf_counter(), 0, 0, [], float("nan")
     for step in range(1, spec.steps + 1):
-        loss_val, n_tok, n_sup = _optimizer_step(adapted, batches, spec.grad_accum, device)
+        loss_val, n_tok, n_sup = dist.reduce_step(*_optimizer_step(adapted, net, batches, spec.grad_accum,
+                                                                   device, dist))
         if not math.isfinite(loss_val):
             raise NonFiniteLossError(f"loss became {loss_val} at step {step} (lr {spec.lr}); "
                                      "lower train.lr or check the data")
@@ -159,7 +172,7 @@ def train_lora(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: Tra
         seen_tokens, sup_tokens = seen_tokens + n_tok, sup_tokens + n_sup
         if step % spec.log_every == 0 or step == spec.steps:
             curve.append((step, loss_val))
-            if on_log:
+            if on_log and dist.is_main:
                 on_log(step, loss_val)
     model.eval()
     wall = time.perf_counter() - start
@@ -171,21 +184,24 @@ def train_lora(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: Tra
     )
 
 
-def _optimizer_step(adapted: AdaptedModel, batches, grad_accum: int, device: str) -> tuple[float, int, int]:
+def _optimizer_step(adapted: AdaptedModel, net: Any, batches, grad_accum: int, device: str,
+                    dist: DistContext) -> tuple[float, int, int]:
     """Forward/backward over grad_accum micro-batches; returns (mean loss, tokens, supervised tokens).
     The reported loss is the language-model loss; an auxiliary loss (MoLE balancing) trains but is
-    not reported, so losses stay comparable across capacity families."""
+    not reported, so losses stay comparable across capacity families. `net` is the model, or its
+    DDP wrapper (gradients all-reduced on the last micro-batch only)."""
     total_loss, tokens, supervised = 0.0, 0, 0
-    for _ in range(grad_accum):
+    for i in range(grad_accum):
         group, batch = next(batches)
         batch = {k: v.to(device) for k, v in batch.items()}
         adapted.route(group)
-        loss = adapted.model(**batch, use_cache=False).loss / grad_accum
-        aux = adapted.aux_loss()
-        (loss if aux is None else loss + aux / grad_accum).backward()
+        n_tok, n_sup = batch_tokens(batch)
+        with dist.accumulate(net, i, grad_accum):
+            loss = dist.micro_loss(net, batch) / grad_accum
+            aux = adapted.aux_loss() if n_tok else None  # a weight-0 stand-in batch adds no aux loss
+            (loss if aux is None else loss + aux / grad_accum).backward()
         total_loss += loss.item()
-        tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
-        supervised += int((batch["labels"] != IGNORE_INDEX).sum())
+        tokens, supervised = tokens + n_tok, supervised + n_sup
     return total_loss, tokens, supervised
 
 

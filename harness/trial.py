@@ -49,19 +49,24 @@ def adapter_dir(results_dir: Path, spec: TrialSpec) -> Path:
 def run_trial(spec: TrialSpec, results_dir: Path, *, device: str | None = None,
               reporter: Reporter | None = None, wandb_mode: str = "offline",
               wandb_project: str = "divcap", wandb_entity: str | None = None,
-              wandb_init_timeout: float = 90.0, meta: dict[str, Any] | None = None) -> TrialRecord:
+              wandb_init_timeout: float = 90.0, meta: dict[str, Any] | None = None,
+              ranks: int = 1) -> TrialRecord:
     """Run one trial end to end and write its record; never raises for a failed trial.
 
-    `meta` is merged into the record's meta (the driver adds the Ray node id). A BaseException that
+    `ranks` > 1 trains data-parallel: this process is rank 0 and starts ranks-1 helper processes
+    (harness.distributed; on CUDA, rank r uses the r-th visible GPU). Only rank 0 evaluates, logs
+    and writes. `meta` is merged into the record's meta (the driver adds the Ray node id). A BaseException that
     is not an Exception (the scheduler stopping the trial, Ctrl-C) writes no record: whoever stopped
     the trial records why."""
     results_dir = Path(results_dir)
     device = device or select_device()
+    if ranks > 1 and device.startswith("cuda"):
+        device = "cuda:0"  # rank r trains on cuda:r of the visible GPUs
     logger = _start_logger(spec, results_dir, wandb_mode, wandb_project, wandb_entity, wandb_init_timeout)
     started, record = time.perf_counter(), None
     try:
         try:
-            record = _execute(spec, device, logger, reporter, results_dir)
+            record = _execute(spec, device, logger, reporter, results_dir, ranks)
         except Exception as exc:  # noqa: BLE001 - the record carries the reason
             record = _failed_record(spec, exc)
             log.error("trial %s failed: %s", spec.trial_id, record.train.reason)
@@ -69,6 +74,8 @@ def run_trial(spec: TrialSpec, results_dir: Path, *, device: str | None = None,
         record.train.wall_s = record.train.wall_s or time.perf_counter() - started
         record.meta.update(run_meta(device))
         record.meta.update(meta or {})
+        if ranks > 1:
+            record.meta["ranks"] = ranks  # tokens/s is the total over ranks; peak memory is rank 0's
         save_record(record, trial_dir(results_dir, spec))
     finally:
         _finish_logger(logger, record)
@@ -137,11 +144,12 @@ def _inject_model_faults(adapted: Any, spec: TrialSpec) -> None:
 
 
 def _execute(spec: TrialSpec, device: str, logger, reporter: Reporter | None,
-             results_dir: Path) -> TrialRecord:
+             results_dir: Path, ranks: int = 1) -> TrialRecord:
     import torch
 
     from harness.capacity.adapters import attach
     from harness.data import build_eval_sets, load_or_build_mixture
+    from harness.distributed import launch_ranks
     from harness.model import load_base_model
     from harness.prompting import resolve_format
 
@@ -157,8 +165,11 @@ def _execute(spec: TrialSpec, device: str, logger, reporter: Reporter | None,
         progress = Progress(spec=spec, tokenizer=tokenizer, fmt=fmt, device=device, logger=logger,
                             reporter=reporter, rows=validation_rows(spec),
                             adapters=adapter_dir(results_dir, spec))
-        model, result, retries = _train_with_oom_retry(model, tokenizer, mixture.rows, spec, fmt,
-                                                       device, progress)
+        with launch_ranks(ranks, entry="harness.trial:train_rank", device=device,
+                          threads=torch.get_num_threads(),
+                          payload={"spec": spec.model_dump(mode="json"), "results_dir": str(results_dir)}) as dist:
+            model, result, retries = _train_with_oom_retry(model, tokenizer, mixture.rows, spec, fmt,
+                                                           device, progress, dist)
         artifacts, adapter_bytes = progress.save_final(model)
         data_info = DataInfo(fingerprint=mixture.fingerprint, examples=mixture.stats.examples,
                              tokens=result.tokens_per_subtask, diversity=mixture.stats.diversity(),
@@ -215,9 +226,32 @@ def respond(adapted: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: Tria
     return responses
 
 
-def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, progress: "Progress"):
+def train_rank(payload: dict[str, Any], dist) -> None:
+    """A helper rank of a data-parallel trial (harness.distributed): the same data, base model and
+    adapter as rank 0, trained in lockstep; it saves, evaluates and records nothing."""
+    import torch
+
+    from harness.capacity.adapters import attach
+    from harness.data import build_eval_sets, load_or_build_mixture
+    from harness.model import load_base_model
+    from harness.prompting import resolve_format
+    from harness.train import train_lora
+
+    spec = TrialSpec.model_validate(payload["spec"])
+    torch.manual_seed(spec.seed)
+    eval_sets = build_eval_sets(spec.eval, world_seed=spec.data.world_seed)
+    tokenizer, model, info = load_base_model(spec.base_model, device=dist.device, dtype=spec.train.dtype,
+                                             trust_remote_code=spec.trust_remote_code)
+    mixture = load_or_build_mixture(spec.subtasks, spec.volume, spec.data, eval_sets, tokenizer_id=info.revision,
+                                    cache_dir=Path(payload["results_dir"]) / "mixtures")
+    train_lora(attach(model, spec.capacity), tokenizer, mixture.rows, spec.train, seed=spec.seed,
+               fmt=resolve_format(spec.eval.prompt_format, tokenizer), device=dist.device, dist=dist)
+
+
+def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, progress: "Progress", dist):
     """Out of memory is retried once with half the micro-batch and twice the accumulation
-    (the same effective batch); the record lists the retry."""
+    (the same effective batch); the record lists the retry. Not with several ranks: they would
+    have to retry in step, so a data-parallel trial fails on out-of-memory."""
     import torch
 
     from harness.capacity.adapters import attach
@@ -234,10 +268,10 @@ def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, 
             if attempt == 0:
                 inject_fault(spec, "oom")
             result = train_lora(model, tokenizer, rows, train_spec, seed=spec.seed, fmt=fmt,
-                                device=device, on_log=progress)
+                                device=device, on_log=progress, dist=dist)
             return model, result, retries
         except torch.OutOfMemoryError as exc:
-            if attempt == 1 or train_spec.micro_batch == 1:
+            if attempt == 1 or train_spec.micro_batch == 1 or dist.world > 1:
                 raise
             traceback.clear_frames(exc.__traceback__)  # drop the failed step's activations
             half = train_spec.micro_batch // 2

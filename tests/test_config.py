@@ -82,6 +82,8 @@ def test_overrides_change_the_spec_and_the_ids(tmp_path):
     (lambda r: r["grid"].update(subtasks={"each": ["no_such_subtask"]}, domains=None),
      r"grid.subtasks\[0\]: unknown subtask 'no_such_subtask'"),
     (lambda r: r.setdefault("capacity", {}).update(alpha="2x"), r"capacity.alpha: .*'<k>x_rank'"),
+    (lambda r: r.setdefault("resources", {}).update(gpu=4, ranks=2), r"resources.ranks: 2 processes for 4 GPUs"),
+    (lambda r: r.setdefault("resources", {}).update(gpu=0.5, ranks=2), r"resources.ranks: 2 processes cannot share"),
 ])
 def test_bad_specs_name_the_field(mutate, expected):
     raw = yaml.safe_load(yaml.safe_dump(GOOD))

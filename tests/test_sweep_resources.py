@@ -52,9 +52,18 @@ def test_gpu_request_on_a_cpu_cluster_is_refused_with_the_fix():
         _ask(_spec(gpu=0.25), [_node(16), _node(16)])
 
 
-def test_multi_gpu_trials_are_not_supported_yet():
-    with pytest.raises(InputError, match=r"resources.gpu: 2 GPUs per trial: .*not supported yet"):
-        _ask(_spec(gpu=2), [_node(16, gpu=8)])
+def test_multi_gpu_trials_take_whole_gpus_on_one_node():
+    assert _ask(_spec(gpu=2), [_node(16, gpu=8)]) == {"cpu": 1.0, "gpu": 2.0}
+    with pytest.raises(InputError, match=r"no node can hold one trial \(1 CPU \+ 4 GPU\)"):
+        _ask(_spec(gpu=4), [_node(16, gpu=2), _node(16, gpu=2)])  # 4 GPUs in all, 2 per node
+
+
+def test_ranks_follow_whole_gpus_and_can_be_set_for_cpus():
+    from harness.config import ResourceSpec
+
+    assert ResourceSpec(gpu=4).ranks_per_trial() == 4
+    assert ResourceSpec(gpu=0.25).ranks_per_trial() == 1
+    assert ResourceSpec(gpu=0, ranks=2).ranks_per_trial() == 2
 
 
 def test_per_node_check_not_the_cluster_sum():

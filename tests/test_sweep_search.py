@@ -23,10 +23,10 @@ def test_every_grid_trial_has_one_factor_key(spec):
     keys = factor_keys(spec, trials)
     assert len(keys) == len(trials) == 2 * 3 * 2 and set(keys.values()) == {t.trial_id for t in trials}
     space = factor_space(spec)
-    assert list(space) == list(FACTORS) and space["lora_rank"] == [2, 4, 8] and space["data_set"] == [0, 1]
-    for (data_set, volume, rank, seed), trial_id in keys.items():
+    assert list(space) == list(FACTORS) and space["capacity"] == [0, 1, 2] and space["data_set"] == [0, 1]
+    for (data_set, volume, setting, seed), trial_id in keys.items():
         t = next(t for t in trials if t.trial_id == trial_id)
-        assert (t.lora_rank, t.seed, t.volume) == (rank, seed, volume)
+        assert (t.lora_rank, t.seed, t.volume) == ([2, 4, 8][setting], seed, volume)
         assert t.domains == [["concept"], ["reasoning"]][data_set]
 
 
