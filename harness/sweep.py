@@ -269,6 +269,10 @@ def _trainable(config: dict[str, Any], table: dict[str, Any] | None = None) -> N
     os.environ.update(config["env"])  # workers may predate the driver's environment
     trial_id = config.get("trial_id") or table["keys"][factor_key(config)]
     spec = TrialSpec.model_validate(table["trials"][trial_id])
+    if spec.trial_id != trial_id:  # the record would land under another id, and the driver call it lost
+        raise RuntimeError(f"trial {trial_id}: this worker's harness computes id {spec.trial_id} for the same "
+                           "spec, so it runs a different harness version than the driver; install the "
+                           "same version on every node (and do not edit the code during a sweep)")
     torch.set_num_threads(max(int(config["threads"]), 1))
     results_dir = Path(config["results_dir"])
     tag = {"harness_trial_id": trial_id}
