@@ -290,7 +290,8 @@ def run_path(model, steps: list[list], levers: Levers | None, args, device: str,
             "grad_accum": accum, "warmup_s": round(warm_s if warmup else 0.0, 2), "probe_s": round(probe_s, 2)}
 
 
-def _auto_micro_batch(model, steps, collate, loss_fn, device, args, levers: Levers, rank: int) -> tuple[int, int, float]:
+def _auto_micro_batch(model, steps, collate, loss_fn, device, args, levers: Levers,
+                      rank: int) -> tuple[int, int, float]:
     """What the trainer does for micro_batch: auto (harness.membudget.auto_micro_batch)."""
     from harness.membudget import GIB, auto_micro_batch
 
@@ -298,7 +299,8 @@ def _auto_micro_batch(model, steps, collate, loss_fn, device, args, levers: Leve
     longest = sorted((e for chunk in steps for e in chunk), key=lambda e: -len(e.input_ids))
     start = time.perf_counter()
     micro, accum = auto_micro_batch(
-        model, lambda n: collate(longest[:n]), batch, device, rank=rank, tokens_per_sample=len(longest[0].input_ids),
+        model, lambda n: collate(longest[:n]), batch, device, rank=rank,
+        tokens_per_sample=len(longest[0].input_ids),
         loss="plain" if levers.loss == "plain" else "chunked", grad_ckpt=levers.grad_ckpt,
         chunk_tokens=args.chunk_tokens, loss_fn=loss_fn,
         budget_bytes=args.memory_budget_gib * GIB if args.memory_budget_gib else None)
@@ -327,7 +329,8 @@ def machine(device: str) -> dict[str, Any]:
     import peft
     import transformers
 
-    return {"device_name": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu",
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"
+    return {"device_name": name,
             "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
             "threads": torch.get_num_threads()}
 
@@ -380,7 +383,8 @@ def _row(args, shape, rank, batch, levers, result, info, mean_len, labelled, pla
 
 
 def _line(row: dict[str, Any]) -> str:
-    head = f"{row['shape']:12s} L{row['layers']:<2d} r{row['rank']:<3d} b{row['batch']:<4d} {row['path']:5s} {row['levers']:36s}"
+    head = (f"{row['shape']:12s} L{row['layers']:<2d} r{row['rank']:<3d} b{row['batch']:<4d} {row['path']:5s} "
+            f"{row['levers']:36s}")
     if "error" in row:
         return head + " ERROR " + row["error"]
     text = (f"{head} {row['tokens_per_s']:10.0f} tok/s  step {row['step_s_median'] * 1e3:8.1f} ms  "
@@ -395,15 +399,17 @@ def _line(row: dict[str, Any]) -> str:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    out = ["| shape | rank | batch | path | levers | tokens/s | x plain | step ms | peak GiB (above start) | x plain mem | MFU |",
+    out = ["| shape | rank | batch | path | levers | tokens/s | x plain | step ms | peak GiB (above start) "
+           "| x plain mem | MFU |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['shape']} L{r['layers']} | {r['rank']} | {r['batch']} | {r['path']} | {r['levers']} | "
-                       f"error: {r['error'][:60]} | | | | | |")
+            out.append(f"| {r['shape']} L{r['layers']} | {r['rank']} | {r['batch']} | {r['path']} | "
+                       f"{r['levers']} | error: {r['error'][:60]} | | | | | |")
             continue
-        x = f"{r['x_plain_tokens_per_s']:.2f}" if "x_plain_tokens_per_s" in r else "1.00" if r["path"] == "plain" else ""
-        xm = f"{r['x_plain_peak']:.2f}" if r.get("x_plain_peak") else "1.00" if r["path"] == "plain" else ""
+        base = "1.00" if r["path"] == "plain" else ""
+        x = f"{r['x_plain_tokens_per_s']:.2f}" if "x_plain_tokens_per_s" in r else base
+        xm = f"{r['x_plain_peak']:.2f}" if r.get("x_plain_peak") else base
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
         out.append(f"| {r['shape']} L{r['layers']} | {r['rank']} | {r['batch']} | {r['path']} | {r['levers']} | "
                    f"{r['tokens_per_s']:.0f} | {x} | {r['step_s_median'] * 1e3:.1f} | {r['peak_gib']:.2f} "

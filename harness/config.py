@@ -70,8 +70,9 @@ class EvalSpec(Spec):
 class TrainSpec(Spec):
     steps: int = Field(default=150, ge=1)  # optimiser steps
     lr: float = Field(default=3e-3, gt=0)
-    micro_batch: int = Field(default=16, ge=1)  # sequences per forward pass
-    grad_accum: int = Field(default=1, ge=1)  # micro-batches per optimiser step
+    micro_batch: Union[int, Literal["auto"]] = 16  # sequences per forward pass; auto: the largest that fits (GPU probe)
+    grad_accum: int = Field(default=1, ge=1)  # micro-batches per optimiser step (auto: derived from batch_size)
+    batch_size: int | None = Field(default=None, ge=1)  # sequences per optimiser step; needed by micro_batch auto
     max_seq_len: int = Field(default=256, ge=16)  # tokens; longer examples are truncated from the left
     # Pack each micro-batch into one padding-free row (samples never attend across boundaries). Pays
     # with flash-attention's varlen kernels; with SDPA's dense block mask, attention grows with the
@@ -81,6 +82,14 @@ class TrainSpec(Spec):
     weight_decay: float = Field(default=0.0, ge=0)
     log_every: int = Field(default=10, ge=1)  # steps between loss reports
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # Speed and memory levers (harness.fastloss, harness.levers); the same learning up to float rounding.
+    # chunked: the LM head and cross-entropy only on labelled (response) positions, chunk by chunk, never
+    # the full-vocabulary fp32 logits; fused: the same with each chunk's gradient computed in the forward.
+    loss: Literal["plain", "chunked", "fused"] = "chunked"
+    loss_chunk_tokens: int = Field(default=2048, ge=64)  # labelled positions per head + loss chunk
+    compile: bool = False  # torch.compile each decoder layer (CUDA only; a cold compile costs minutes)
+    grad_checkpointing: bool = False  # recompute activations in the backward: less memory, ~30% slower
+    fused_adamw: bool = True  # one fused AdamW kernel (CUDA only; the CPU keeps foreach)
     # Bookkeeping below: none of it changes what a trial learns, so none of it enters trial ids.
     keep_checkpoints: int = Field(default=1, ge=0)  # LoRA adapters kept per trial: 1 = the final one, 0 = none
     checkpoint_every: int | None = Field(default=None, ge=1)  # steps between intermediate adapters (keep > 1)
@@ -276,7 +285,8 @@ class SweepSpec(Spec):
 # Fields that shape bookkeeping (adapters kept, held-out loss reports), not what a trial learns: left
 # out of trial and cell ids, so changing them neither re-runs finished trials nor changes old ids.
 IDENTITY_EXCLUDE: dict[str, Any] = {
-    "train": {"keep_checkpoints", "checkpoint_every", "eval_every", "eval_rows"},
+    "train": {"keep_checkpoints", "checkpoint_every", "eval_every", "eval_rows", "loss", "loss_chunk_tokens",
+              "compile", "grad_checkpointing", "fused_adamw"},
     "data": {"embedding_diversity_sample"},
 }
 
@@ -579,6 +589,9 @@ def semantic_problems(spec: SweepSpec) -> list[str]:
     if ranks and gpu != "auto" and gpu >= 2 and ranks != int(gpu):
         problems.append(f"resources.ranks: {ranks} processes for {gpu:g} GPUs per trial; a data-parallel "
                         "trial runs one process per GPU (leave ranks out, or make them equal)")
+    if spec.resources.ranks_per_trial() > 1 and spec.train.micro_batch == "auto":
+        problems.append("train.micro_batch: auto probes one GPU's memory; with several ranks per trial "
+                        "give a number (every rank must use the same micro-batch)")
     if ranks and ranks > 1 and gpu != "auto" and 0 < gpu < 1:
         problems.append(f"resources.ranks: {ranks} processes cannot share a fraction of a GPU "
                         f"(resources.gpu {gpu:g}); use whole GPUs, or 0 to run the ranks on CPUs")
@@ -600,6 +613,17 @@ def _train_schedule_problems(train: TrainSpec) -> list[str]:
     if train.checkpoint_every is not None and train.keep_checkpoints < 2:
         problems.append(f"train.checkpoint_every: intermediate adapters need train.keep_checkpoints >= 2 "
                         f"(got {train.keep_checkpoints}: 1 keeps only the final adapter, 0 none)")
+    if train.micro_batch == "auto" and train.batch_size is None:
+        problems.append("train.batch_size: micro_batch auto needs the sequences per optimiser step "
+                        "(e.g. batch_size: 64); the micro-batch and accumulation are then chosen to fit")
+    if train.micro_batch == "auto" and train.grad_accum != 1:
+        problems.append("train.grad_accum: with micro_batch auto the accumulation is derived from "
+                        "train.batch_size; leave grad_accum out")
+    if isinstance(train.micro_batch, int) and train.batch_size not in (None, train.micro_batch * train.grad_accum):
+        problems.append(f"train.batch_size: {train.batch_size} is not micro_batch x grad_accum "
+                        f"({train.micro_batch} x {train.grad_accum}); give one or the other")
+    if isinstance(train.micro_batch, int) and train.micro_batch < 1:
+        problems.append(f"train.micro_batch: {train.micro_batch} must be >= 1 (or auto)")
     if train.keep_checkpoints > 1 and train.checkpoint_every is None:
         problems.append(f"train.keep_checkpoints: {train.keep_checkpoints} keeps intermediate adapters: "
                         "set train.checkpoint_every (steps between them), or keep 1 (the final one)")

@@ -4,7 +4,8 @@ All numbers are estimates for planning, calibrated on measured anchors, and labe
 - GPU memory per trial = bf16 weights + LoRA weights/grads/AdamW states (fp32) + activations
   (115 bytes per token x layer x hidden unit, the mean of the DESIGN.md section 8 anchors for the
   Qwen2.5-0.5B and 7B shapes under plain transformers + peft) + fp32 logits and their gradient
-  (10 bytes per token x vocabulary entry).
+  (10 bytes per token x vocabulary entry; with train.loss chunked or fused, one chunk of labelled
+  positions at most).
 - GPU tokens/s follows a power law through the same anchors (52.7k tok/s at 0.49B params, 10.1k at
   7.6B on one H200); a fractional GPU gets its share. CPU tokens/s scales from builtin:tiny's rate.
 Nothing here imports torch.
@@ -58,6 +59,12 @@ def capacity_table(trials: list[TrialSpec], shape: ModelShape | None) -> list[di
     return list(rows.values())
 
 
+def _logit_tokens(tr: Any, tokens_per_micro: int) -> int:
+    """Positions whose fp32 logits exist at once: all of them with the plain loss; with the chunked or
+    fused loss at most one chunk of labelled positions (harness.fastloss)."""
+    return tokens_per_micro if tr.loss == "plain" else min(tr.loss_chunk_tokens, tokens_per_micro)
+
+
 @dataclass(frozen=True)
 class TrialEstimate:
     params: int
@@ -71,12 +78,14 @@ def estimate_trial(trial: TrialSpec, shape: ModelShape, device: str, gpu_fractio
                    avg_tokens_per_row: int = 120) -> TrialEstimate:
     tr = trial.train
     seq = min(tr.max_seq_len, avg_tokens_per_row)
-    tokens_per_micro = tr.micro_batch * seq
+    micro = tr.micro_batch if tr.micro_batch != "auto" else tr.batch_size  # auto: at most the whole batch
+    tokens_per_micro = micro * seq
     lora = adapter_params_of(trial, shape)
     memory = (shape.params * 2 + lora * 16
               + tokens_per_micro * shape.layers * shape.hidden * ACT_BYTES_PER_TOKEN_LAYER_HIDDEN
-              + tokens_per_micro * shape.vocab * LOGIT_BYTES_PER_TOKEN_VOCAB) / 2**30
-    tokens = tr.steps * tr.grad_accum * tokens_per_micro if trial.kind == "trial" else 0
+              + _logit_tokens(tr, tokens_per_micro) * shape.vocab * LOGIT_BYTES_PER_TOKEN_VOCAB) / 2**30
+    per_step = tr.batch_size * seq if tr.micro_batch == "auto" else tr.grad_accum * tokens_per_micro
+    tokens = tr.steps * per_step if trial.kind == "trial" else 0
     if device == "gpu":
         rate = GPU_ANCHOR[1] * (GPU_ANCHOR[0] / shape.params) ** GPU_EXPONENT * gpu_fraction
     else:

@@ -9,6 +9,7 @@ where it goes (Ray Tune, W&B, stdout); it never touches files.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import random
 import time
@@ -21,9 +22,12 @@ import torch
 from harness.capacity.adapters import AdaptedModel
 from harness.config import TrainSpec
 from harness.distributed import DistContext, batch_tokens
+from harness.fastloss import ChunkedLossModel
+from harness.levers import compile_decoder_layers, enable_activation_checkpointing, make_adamw
 from harness.prompting import PromptFormat, format_prompt, render_answer
 
 IGNORE_INDEX = -100
+log = logging.getLogger(__name__)
 LogFn = Callable[[int, float], None]
 
 class NonFiniteLossError(RuntimeError):
@@ -150,18 +154,20 @@ def train_lora(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: Tra
     torch.manual_seed(seed)
     examples = [encode_example(r, tokenizer, fmt, spec.max_seq_len, adapted.group_of(r)) for r in rows]
     params = adapted.trainable_parameters()
+    loss_model = apply_levers(model, spec, device)
+    micro, accum = micro_batch_plan(loss_model, examples, spec, tokenizer.pad_token_id, device,
+                                    rank=adapted.spec.rank if adapted.spec else 16)
     # multi_lora leaves the other groups' adapters out of each micro-batch: DDP must be told
-    net = dist.wrap(model, find_unused_parameters=len({e.group for e in examples}) > 1)
-    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    net = dist.wrap(loss_model, find_unused_parameters=len({e.group for e in examples}) > 1)
+    opt = make_adamw(params, spec.lr, spec.weight_decay, fused=spec.fused_adamw and device.startswith("cuda"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(spec))
-    batches = make_batches(examples, spec.micro_batch, seed, tokenizer.pad_token_id, spec.packing, dist)
+    batches = make_batches(examples, micro, seed, tokenizer.pad_token_id, spec.packing, dist)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     model.train()
     start, seen_tokens, sup_tokens, curve, loss_val = time.perf_counter(), 0, 0, [], float("nan")
     for step in range(1, spec.steps + 1):
-        loss_val, n_tok, n_sup = dist.reduce_step(*_optimizer_step(adapted, net, batches, spec.grad_accum,
-                                                                   device, dist))
+        loss_val, n_tok, n_sup = dist.reduce_step(*_optimizer_step(adapted, net, batches, accum, device, dist))
         if not math.isfinite(loss_val):
             raise NonFiniteLossError(f"loss became {loss_val} at step {step} (lr {spec.lr}); "
                                      "lower train.lr or check the data")
@@ -182,6 +188,37 @@ def train_lora(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: Tra
         trainable_params=sum(p.numel() for p in params), loss_curve=curve,
         tokens_per_subtask=_tokens_per_subtask(examples),
     )
+
+
+def apply_levers(model: Any, spec: TrainSpec, device: str) -> Any:
+    """The speed and memory levers of train.*; returns the module whose forward gives the loss (the
+    chunked-loss wrapper, so DDP wraps the whole loss computation)."""
+    if spec.grad_checkpointing:
+        enable_activation_checkpointing(model)
+    if spec.compile and device.startswith("cuda"):
+        compile_decoder_layers(model)
+    if spec.loss == "plain":
+        return model
+    return ChunkedLossModel(model, spec.loss_chunk_tokens, "fused" if spec.loss == "fused" else "checkpoint")
+
+
+def micro_batch_plan(loss_model: Any, examples: list[Example], spec: TrainSpec, pad_id: int,
+                     device: str, rank: int) -> tuple[int, int]:
+    """(micro_batch, grad_accum): as the spec says, or for micro_batch auto the largest micro-batch of
+    the longest samples that fits the device (harness.membudget), with the accumulation that keeps
+    train.batch_size sequences per step exactly."""
+    if spec.micro_batch != "auto":
+        return spec.micro_batch, spec.grad_accum
+    from harness.membudget import auto_micro_batch
+
+    longest = sorted(examples, key=lambda e: len(e.input_ids), reverse=True)
+    collate_fn = collate_packed if spec.packing else functools.partial(collate, pad_id=pad_id)
+    micro, accum = auto_micro_batch(loss_model, lambda n: collate_fn(longest[:n]), spec.batch_size, device,
+                                    rank=rank, tokens_per_sample=len(longest[0].input_ids),
+                                    loss="plain" if spec.loss == "plain" else "chunked",
+                                    grad_ckpt=spec.grad_checkpointing, chunk_tokens=spec.loss_chunk_tokens)
+    log.info("micro_batch auto: %d x %d accumulation steps", micro, accum)
+    return micro, accum
 
 
 def _optimizer_step(adapted: AdaptedModel, net: Any, batches, grad_accum: int, device: str,

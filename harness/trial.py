@@ -250,8 +250,8 @@ def train_rank(payload: dict[str, Any], dist) -> None:
 
 def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, progress: "Progress", dist):
     """Out of memory is retried once with half the micro-batch and twice the accumulation
-    (the same effective batch); the record lists the retry. Not with several ranks: they would
-    have to retry in step, so a data-parallel trial fails on out-of-memory."""
+    (the same effective batch); the record lists the retry. Not with several ranks (they would
+    have to retry in step) nor with micro_batch auto (its probe already chose what fits)."""
     import torch
 
     from harness.capacity.adapters import attach
@@ -271,7 +271,7 @@ def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, 
                                 device=device, on_log=progress, dist=dist)
             return model, result, retries
         except torch.OutOfMemoryError as exc:
-            if attempt == 1 or train_spec.micro_batch == 1 or dist.world > 1:
+            if attempt == 1 or train_spec.micro_batch in (1, "auto") or dist.world > 1:
                 raise
             traceback.clear_frames(exc.__traceback__)  # drop the failed step's activations
             half = train_spec.micro_batch // 2

@@ -83,6 +83,8 @@ def test_overrides_change_the_spec_and_the_ids(tmp_path):
      r"grid.subtasks\[0\]: unknown subtask 'no_such_subtask'"),
     (lambda r: r.setdefault("capacity", {}).update(alpha="2x"), r"capacity.alpha: .*'<k>x_rank'"),
     (lambda r: r.setdefault("resources", {}).update(gpu=4, ranks=2), r"resources.ranks: 2 processes for 4 GPUs"),
+    (lambda r: r["train"].update(micro_batch="auto"), r"train.batch_size: micro_batch auto needs"),
+    (lambda r: r["train"].update(micro_batch=8, grad_accum=2, batch_size=32), r"train.batch_size: 32 is not"),
     (lambda r: r.setdefault("resources", {}).update(gpu=0.5, ranks=2), r"resources.ranks: 2 processes cannot share"),
 ])
 def test_bad_specs_name_the_field(mutate, expected):

@@ -75,3 +75,32 @@ def test_lora_training_lowers_the_loss_and_only_trains_the_adapter(rows):
     for name, p in model.get_base_model().named_parameters():
         if "lora_" not in name:
             assert torch.equal(p, base[name.replace(".base_layer", "")]), name
+
+
+def _curve(family: str, **train) -> list[float]:
+    tokenizer, model, _ = load_base_model("builtin:tiny")
+    extra = {"mole": dict(experts=2, top_k=1, router_aux_weight=0.01)}.get(family, {})
+    adapted = attach(model, AdapterSpec(family=family, rank=4, alpha=8.0, **extra))
+    rows = synthetic.generate_rows("attribute_infer", "train", 24)
+    spec = TrainSpec(steps=4, lr=5e-3, micro_batch=8, log_every=1, warmup_steps=1, **train)
+    return [loss for _, loss in train_lora(adapted, tokenizer, rows, spec, seed=0, fmt="raw",
+                                           device="cpu").loss_curve]
+
+
+@pytest.mark.parametrize("family", ["lora", "mole"])
+@pytest.mark.parametrize("levers", [{"loss": "chunked"}, {"loss": "fused"}, {"grad_checkpointing": True},
+                                    {"loss": "chunked", "loss_chunk_tokens": 64}])
+def test_speed_levers_train_the_same_as_the_plain_path(family, levers):
+    plain = _curve(family, loss="plain")
+    assert _curve(family, **levers) == pytest.approx(plain, rel=1e-4)
+
+
+def test_auto_micro_batch_keeps_the_batch_size_on_the_cpu():
+    from harness.train import micro_batch_plan
+
+    tokenizer, model, _ = load_base_model("builtin:tiny")
+    examples = [encode_example(r, tokenizer, "raw", 128) for r in synthetic.generate_rows("query_ner", "train", 8)]
+    spec = TrainSpec(micro_batch="auto", batch_size=24)
+    assert micro_batch_plan(model, examples, spec, tokenizer.pad_token_id, "cpu", rank=4) == (24, 1)
+    assert micro_batch_plan(model, examples, TrainSpec(micro_batch=8, grad_accum=3),
+                            tokenizer.pad_token_id, "cpu", rank=4) == (8, 3)

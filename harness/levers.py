@@ -1,0 +1,61 @@
+"""Training-speed levers that are not the loss: activation checkpointing, torch.compile, fused AdamW.
+
+Each is one call on an already LoRA-wrapped model, so the trainer and bench/train_throughput.py switch
+them one at a time. The loss lever is harness.fastloss; the micro-batch choice is harness.membudget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.fastloss import causal_lm_parts
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each decoder layer in backward (non-reentrant), keeping only the layer inputs.
+
+    peft freezes the embeddings, so the decoder's input carries no grad; enable_input_require_grads
+    makes it carry one, which reentrant checkpointing needs and non-reentrant tolerates. transformers 5
+    renamed gradient_checkpointing_enable to activation_checkpointing_enable; both are handled.
+    """
+    kwargs = {"use_reentrant": False}
+    if callable(getattr(model, "activation_checkpointing_enable", None)):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.enable_input_require_grads()
+    model.config.use_cache = False  # a KV cache is incompatible with checkpointing in training
+
+
+def compile_decoder_layers(model: nn.Module, **compile_kwargs: Any) -> int:
+    """torch.compile every decoder layer in place (nn.Module.compile); returns how many.
+
+    Per layer rather than the whole model: the graph breaks of the HF/peft wrappers (mask building,
+    output dataclasses) stay outside, one compiled graph serves all the layers of a model, and
+    fastloss.causal_lm_loss, which calls the decoder directly, still runs the compiled layers.
+    dynamic=True (overridable): batch shapes vary from step to step, and compiling dynamic from the
+    start saves the static-then-dynamic recompile. Two graphs remain, the first layer's (its input,
+    the frozen embedding's output, needs no grad) and the others': warm up two steps before timing.
+    """
+    decoder, _ = causal_lm_parts(model)
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise TypeError(f"{type(decoder).__name__} has no .layers to compile")
+    for layer in layers:
+        layer.compile(**{"dynamic": True, **compile_kwargs})
+    return len(layers)
+
+
+def make_adamw(params: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.0, *,
+               fused: bool = False) -> torch.optim.AdamW:
+    """AdamW; fused=True runs the whole update as one kernel per dtype/device group (CUDA, and CPU on
+    torch >= 2.4). The default (foreach) launches a handful of kernels per step instead of one per
+    parameter; with LoRA's ~1k small tensors the fused kernel saves the rest of the launches."""
+    params = list(params)
+    if fused:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
