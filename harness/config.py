@@ -348,6 +348,8 @@ class TrialSpec(Spec):
         the layout from before capacity families (rank and alpha at the top, the LoRA knobs under
         train), so their ids, and every finished record a resume looks for, stay the same."""
         dump = self.model_dump(exclude=IDENTITY_EXCLUDE)
+        if dump["train"]["batch_size"] is None:  # added later; unset, it must not change older ids
+            dump["train"].pop("batch_size")
         cap = self.capacity
         if cap is not None and not cap.is_classic_lora:
             dump["capacity"].pop("params")  # derived from the base model's shape, not a choice
