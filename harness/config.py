@@ -584,6 +584,15 @@ def semantic_problems(spec: SweepSpec) -> list[str]:
     for i, src in enumerate(spec.data.sources):
         if src != SYNTHETIC_SOURCE and src.kind != "hf" and not Path(src.path).exists():
             problems.append(f"data.sources[{i}].path: file not found: {src.path}")
+    from harness.capacity.settings import capacity_problems
+
+    problems += _resource_problems(spec) + _train_schedule_problems(spec.train) + _search_problems(spec)
+    # Capacity settings are resolved per data cell and rank, which needs the rest to be valid first.
+    return problems + capacity_problems(spec, resolve=not problems)
+
+
+def _resource_problems(spec: SweepSpec) -> list[str]:
+    problems: list[str] = []
     gpu = spec.resources.gpu
     if gpu != "auto" and (gpu < 0 or (gpu > 1 and not float(gpu).is_integer())):
         problems.append(f"resources.gpu: {gpu}: use a fraction in (0, 1], a whole number, 0, or auto")
@@ -597,11 +606,7 @@ def semantic_problems(spec: SweepSpec) -> list[str]:
     if ranks and ranks > 1 and gpu != "auto" and 0 < gpu < 1:
         problems.append(f"resources.ranks: {ranks} processes cannot share a fraction of a GPU "
                         f"(resources.gpu {gpu:g}); use whole GPUs, or 0 to run the ranks on CPUs")
-    from harness.capacity.settings import capacity_problems
-
-    problems += _train_schedule_problems(spec.train) + _search_problems(spec)
-    # Capacity settings are resolved per data cell and rank, which needs the rest to be valid first.
-    return problems + capacity_problems(spec, resolve=not problems)
+    return problems
 
 
 def _train_schedule_problems(train: TrainSpec) -> list[str]:

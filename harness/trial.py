@@ -148,8 +148,7 @@ def _execute(spec: TrialSpec, device: str, logger, reporter: Reporter | None,
     import torch
 
     from harness.capacity.adapters import attach
-    from harness.data import build_eval_sets, load_or_build_mixture
-    from harness.distributed import launch_ranks
+    from harness.data import build_eval_sets
     from harness.model import load_base_model
     from harness.prompting import resolve_format
 
@@ -160,28 +159,8 @@ def _execute(spec: TrialSpec, device: str, logger, reporter: Reporter | None,
     fmt = resolve_format(spec.eval.prompt_format, tokenizer)
     data_info, train_info, artifacts = DataInfo(), TrainInfo(status=TrialStatus.SUCCESS), {}
     if spec.kind == "trial":
-        mixture = load_or_build_mixture(spec.subtasks, spec.volume, spec.data, eval_sets,
-                                        tokenizer_id=info.revision, cache_dir=results_dir / "mixtures")
-        progress = Progress(spec=spec, tokenizer=tokenizer, fmt=fmt, device=device, logger=logger,
-                            reporter=reporter, rows=validation_rows(spec),
-                            adapters=adapter_dir(results_dir, spec))
-        with launch_ranks(ranks, entry="harness.trial:train_rank", device=device,
-                          threads=torch.get_num_threads(),
-                          payload={"spec": spec.model_dump(mode="json"), "results_dir": str(results_dir)}) as dist:
-            model, result, retries = _train_with_oom_retry(model, tokenizer, mixture.rows, spec, fmt,
-                                                           device, progress, dist)
-        artifacts, adapter_bytes = progress.save_final(model)
-        data_info = DataInfo(fingerprint=mixture.fingerprint, examples=mixture.stats.examples,
-                             tokens=result.tokens_per_subtask, diversity=mixture.stats.diversity(),
-                             contaminated_removed=mixture.stats.contaminated_removed,
-                             skipped_rows=mixture.stats.skipped_rows)
-        train_info = TrainInfo(status=TrialStatus.SUCCESS, steps=result.steps, tokens=result.tokens,
-                               final_loss=result.final_loss, eval_loss=progress.final_eval_loss(model),
-                               wall_s=result.wall_s, tokens_per_s=result.tokens_per_s,
-                               peak_mem_mb=result.peak_mem_mb,
-                               trainable_params=result.trainable_params, adapter_bytes=adapter_bytes,
-                               loss_curve=result.loss_curve,
-                               retries=retries, **progress.curve_info())
+        run = TrainingRun(spec, tokenizer, fmt, device, results_dir, ranks)
+        model, data_info, train_info, artifacts = run.train(model, eval_sets, info.revision, logger, reporter)
     else:
         model = attach(model, None)  # the baseline: no adapter
     evals = evaluate_model(model, tokenizer, eval_sets, spec, fmt, device)
@@ -196,6 +175,50 @@ def _execute(spec: TrialSpec, device: str, logger, reporter: Reporter | None,
               "base_model_params": info.n_params, "prompt_format": fmt,
               "mc_logits": spec.eval.mc_logits, **artifacts},
     )
+
+
+@dataclass
+class TrainingRun:
+    """The training half of a trial: mixture -> adapters trained (on `ranks` processes) -> saved,
+    and the record's data and train blocks."""
+
+    spec: TrialSpec
+    tokenizer: Any
+    fmt: str
+    device: str
+    results_dir: Path
+    ranks: int = 1
+
+    def train(self, model: Any, eval_sets: dict[str, list[dict[str, Any]]], tokenizer_id: str, logger,
+              reporter: Reporter | None) -> tuple[Any, DataInfo, TrainInfo, dict[str, Any]]:
+        import torch
+
+        from harness.data import load_or_build_mixture
+        from harness.distributed import launch_ranks
+
+        spec = self.spec
+        mixture = load_or_build_mixture(spec.subtasks, spec.volume, spec.data, eval_sets, tokenizer_id=tokenizer_id,
+                                        cache_dir=self.results_dir / "mixtures")
+        progress = Progress(spec=spec, tokenizer=self.tokenizer, fmt=self.fmt, device=self.device, logger=logger,
+                            reporter=reporter, rows=validation_rows(spec),
+                            adapters=adapter_dir(self.results_dir, spec))
+        payload = {"spec": spec.model_dump(mode="json"), "results_dir": str(self.results_dir)}
+        with launch_ranks(self.ranks, entry="harness.trial:train_rank", device=self.device,
+                          threads=torch.get_num_threads(), payload=payload) as dist:
+            model, result, retries = _train_with_oom_retry(model, self.tokenizer, mixture.rows, spec, self.fmt,
+                                                           self.device, progress, dist)
+        artifacts, adapter_bytes = progress.save_final(model)
+        stats = mixture.stats
+        data_info = DataInfo(fingerprint=mixture.fingerprint, examples=stats.examples,
+                             tokens=result.tokens_per_subtask, diversity=stats.diversity(),
+                             contaminated_removed=stats.contaminated_removed, skipped_rows=stats.skipped_rows)
+        train_info = TrainInfo(status=TrialStatus.SUCCESS, steps=result.steps, tokens=result.tokens,
+                               final_loss=result.final_loss, eval_loss=progress.final_eval_loss(model),
+                               wall_s=result.wall_s, tokens_per_s=result.tokens_per_s,
+                               peak_mem_mb=result.peak_mem_mb, trainable_params=result.trainable_params,
+                               adapter_bytes=adapter_bytes, loss_curve=result.loss_curve, retries=retries,
+                               **progress.curve_info())
+        return model, data_info, train_info, artifacts
 
 
 def evaluate_model(adapted: Any, tokenizer: Any, eval_sets: dict[str, list[dict[str, Any]]],
