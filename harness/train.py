@@ -21,7 +21,7 @@ import torch
 
 from harness.capacity.adapters import AdaptedModel
 from harness.config import TrainSpec
-from harness.distributed import DistContext, batch_tokens
+from harness.distributed import DistContext, batch_tokens, loss_terms
 from harness.fastloss import ChunkedLossModel
 from harness.levers import compile_decoder_layers, enable_activation_checkpointing, make_adamw
 from harness.prompting import PromptFormat, format_prompt, render_answer
@@ -71,16 +71,20 @@ def encode_example(row: dict[str, Any], tokenizer: Any, fmt: PromptFormat, max_l
 
 
 def make_batches(examples: list[Example], micro_batch: int, seed: int, pad_id: int, packing: bool,
-                 dist: DistContext | None = None):
-    """Endless shuffled (group, micro-batch) pairs of `micro_batch` examples of one adapter group.
+                 dist: DistContext | None = None, grad_accum: int = 1):
+    """Endless shuffled optimiser steps: each one effective batch (micro_batch x grad_accum examples of
+    one adapter group) as a list of (group, micro-batch, share) with share = the micro-batch's part of
+    the step's loss-carrying tokens.
 
-    Packed: each micro-batch is one row with no padding at all (see collate_packed). Padded: rows of
-    similar length are batched together to limit the padding. Data-parallel: every rank draws the
-    same global micro-batches and collates its own slice of each (DistContext.local_batch).
+    The step's examples depend only on the effective batch, and the shares make the summed loss the
+    token mean over the whole step, so micro_batch 8 x 2 learns what 16 x 1 learns (the out-of-memory
+    retry and micro_batch auto change the split, not the training). Packed: each micro-batch is one row
+    with no padding (collate_packed). Padded: rows of similar length are batched together. Data-parallel:
+    every rank draws the same global micro-batches and collates its own slice (DistContext.local_batch).
     """
     dist = dist or DistContext.single()
     collate_fn = collate_packed if packing else functools.partial(collate, pad_id=pad_id)
-    rng = random.Random(seed)
+    rng, size = random.Random(seed), micro_batch * grad_accum
     while True:
         chunks = []
         for group in sorted({e.group for e in examples}):
@@ -89,11 +93,13 @@ def make_batches(examples: list[Example], micro_batch: int, seed: int, pad_id: i
                 rng.shuffle(members)
             else:
                 members.sort(key=lambda i: (len(examples[i].input_ids), rng.random()))
-            chunks += [members[i : i + micro_batch] for i in range(0, len(members), micro_batch)]
+            chunks += [members[i : i + size] for i in range(0, len(members), size)]
         rng.shuffle(chunks)
         for chunk in chunks:
-            batch = [examples[i] for i in chunk]
-            yield batch[0].group, dist.local_batch(batch, collate_fn)  # world 1: collate_fn(batch)
+            step = [examples[i] for i in chunk]
+            total = sum(loss_terms(e) for e in step) or 1
+            yield [(e[0].group, dist.local_batch(e, collate_fn), sum(loss_terms(x) for x in e) / total)
+                   for e in (step[i : i + micro_batch] for i in range(0, len(step), micro_batch))]
 
 
 def collate_packed(batch: list[Example]) -> dict[str, torch.Tensor]:
@@ -161,13 +167,13 @@ def train_lora(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: Tra
     net = dist.wrap(loss_model, find_unused_parameters=len({e.group for e in examples}) > 1)
     opt = make_adamw(params, spec.lr, spec.weight_decay, fused=spec.fused_adamw and device.startswith("cuda"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(spec))
-    batches = make_batches(examples, micro, seed, tokenizer.pad_token_id, spec.packing, dist)
+    batches = make_batches(examples, micro, seed, tokenizer.pad_token_id, spec.packing, dist, accum)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     model.train()
     start, seen_tokens, sup_tokens, curve, loss_val = time.perf_counter(), 0, 0, [], float("nan")
     for step in range(1, spec.steps + 1):
-        loss_val, n_tok, n_sup = dist.reduce_step(*_optimizer_step(adapted, net, batches, accum, device, dist))
+        loss_val, n_tok, n_sup = dist.reduce_step(*_optimizer_step(adapted, net, batches, device, dist))
         if not math.isfinite(loss_val):
             raise NonFiniteLossError(f"loss became {loss_val} at step {step} (lr {spec.lr}); "
                                      "lower train.lr or check the data")
@@ -221,22 +227,23 @@ def micro_batch_plan(loss_model: Any, examples: list[Example], spec: TrainSpec, 
     return micro, accum
 
 
-def _optimizer_step(adapted: AdaptedModel, net: Any, batches, grad_accum: int, device: str,
+def _optimizer_step(adapted: AdaptedModel, net: Any, batches, device: str,
                     dist: DistContext) -> tuple[float, int, int]:
-    """Forward/backward over grad_accum micro-batches; returns (mean loss, tokens, supervised tokens).
-    The reported loss is the language-model loss; an auxiliary loss (MoLE balancing) trains but is
-    not reported, so losses stay comparable across capacity families. `net` is the model, or its
-    DDP wrapper (gradients all-reduced on the last micro-batch only)."""
+    """Forward/backward over one step's micro-batches; returns (loss, tokens, supervised tokens).
+    Each micro-batch's mean loss is weighted by its share of the step's loss-carrying tokens, so the
+    sum is the step's token mean. The reported loss is the language-model loss; an auxiliary loss
+    (MoLE balancing) trains but is not reported, so losses stay comparable across capacity families.
+    `net` is the model, or its DDP wrapper (gradients all-reduced on the last micro-batch only)."""
     total_loss, tokens, supervised = 0.0, 0, 0
-    for i in range(grad_accum):
-        group, batch = next(batches)
+    step = next(batches)
+    for i, (group, batch, share) in enumerate(step):
         batch = {k: v.to(device) for k, v in batch.items()}
         adapted.route(group)
         n_tok, n_sup = batch_tokens(batch)
-        with dist.accumulate(net, i, grad_accum):
-            loss = dist.micro_loss(net, batch) / grad_accum
+        with dist.accumulate(net, i, len(step)):
+            loss = dist.micro_loss(net, batch) * share
             aux = adapted.aux_loss() if n_tok else None  # a weight-0 stand-in batch adds no aux loss
-            (loss if aux is None else loss + aux / grad_accum).backward()
+            (loss if aux is None else loss + aux * share).backward()
         total_loss += loss.item()
         tokens, supervised = tokens + n_tok, supervised + n_sup
     return total_loss, tokens, supervised

@@ -272,9 +272,10 @@ def train_rank(payload: dict[str, Any], dist) -> None:
 
 
 def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, progress: "Progress", dist):
-    """Out of memory is retried once with half the micro-batch and twice the accumulation
-    (the same effective batch); the record lists the retry. Not with several ranks (they would
-    have to retry in step) nor with micro_batch auto (its probe already chose what fits)."""
+    """Out of memory is retried once with half the micro-batch and twice the accumulation: the same
+    steps (the same examples, the same token-weighted loss; see train.make_batches); the record lists
+    the retry. Not with several ranks (they would have to retry in step) nor with micro_batch auto
+    (its probe already chose what fits)."""
     import torch
 
     from harness.capacity.adapters import attach

@@ -104,3 +104,33 @@ def test_auto_micro_batch_keeps_the_batch_size_on_the_cpu():
     assert micro_batch_plan(model, examples, spec, tokenizer.pad_token_id, "cpu", rank=4) == (24, 1)
     assert micro_batch_plan(model, examples, TrainSpec(micro_batch=8, grad_accum=3),
                             tokenizer.pad_token_id, "cpu", rank=4) == (8, 3)
+
+
+def test_splitting_a_step_into_micro_batches_does_not_change_training():
+    """The OOM retry and micro_batch auto change micro_batch x grad_accum, never the step."""
+    def run(micro, accum):
+        tokenizer, model, _ = load_base_model("builtin:tiny")
+        torch.manual_seed(0)  # the same LoRA initialisation in both runs (a trial seeds before attaching)
+        adapted = attach(model, AdapterSpec(rank=4, alpha=8.0))
+        rows = synthetic.generate_rows("query_ner", "train", 20) + synthetic.generate_rows("attribute_infer", "train", 20)
+        spec = TrainSpec(steps=4, lr=5e-3, micro_batch=micro, grad_accum=accum, log_every=1, warmup_steps=1)
+        result = train_lora(adapted, tokenizer, rows, spec, seed=0, fmt="raw", device="cpu")
+        return result, {n: p.detach().clone() for n, p in adapted.model.named_parameters() if p.requires_grad}
+
+    (whole, w1), (split, w2) = run(20, 1), run(5, 4)
+    assert [l for _, l in split.loss_curve] == pytest.approx([l for _, l in whole.loss_curve], rel=1e-5)
+    assert split.tokens == whole.tokens
+    for name in w1:  # Adam divides by sqrt(v): a rounding-level gradient difference shows as ~1e-5
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-3, atol=1e-4)
+
+
+def test_steps_are_effective_batches_with_token_shares():
+    from harness.train import make_batches
+
+    tokenizer, _, _ = load_base_model("builtin:tiny")
+    examples = [encode_example(r, tokenizer, "raw", 128) for r in synthetic.generate_rows("query_ner", "train", 10)]
+    step = next(make_batches(examples, 4, seed=0, pad_id=tokenizer.pad_token_id, packing=False, grad_accum=3))
+    assert [len(b["input_ids"]) for _, b, _ in step] == [4, 4, 2]  # the 10 examples: one step of 12 at most
+    assert sum(share for _, _, share in step) == pytest.approx(1.0)
+    labelled = [int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for _, b, _ in step]
+    assert [share for _, _, share in step] == pytest.approx([n / sum(labelled) for n in labelled])
