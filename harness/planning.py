@@ -46,7 +46,7 @@ def capacity_table(trials: list[TrialSpec], shape: ModelShape | None) -> list[di
         cap = t.capacity
         if cap is None:
             continue
-        params = cap.params if cap.params is not None else None
+        params = cap.params
         row = {"capacity": cap.label, "family": cap.family, "rank": cap.rank, "params": params,
                # adapters are saved in fp32 (peft upcasts bf16 adapters), 4 bytes per parameter
                "adapter_mib": round(params * 4 / 2**20, 3) if params is not None else None,

@@ -412,10 +412,11 @@ def _fit(spec: SweepSpec, trials: list[TrialSpec], resources: dict[str, float], 
     table = {"trials": {t.trial_id: t.model_dump(mode="json") for t in trials},
              "keys": {_key_text(k): i for k, i in factor_keys(spec, trials).items()}}
     trainable = tune.with_resources(tune.with_parameters(_trainable, table=table), resources)
+    ranks = spec.resources.ranks_per_trial()
     param_space: dict[str, Any] = {
         "results_dir": str(results_dir),
-        "ranks": spec.resources.ranks_per_trial(),
-        "threads": max(int(resources["cpu"]) // spec.resources.ranks_per_trial(), 1),  # per rank
+        "ranks": ranks,
+        "threads": max(int(resources["cpu"]) // ranks, 1),  # per rank
         "wandb": spec.wandb.model_dump(),
         "env": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
     }

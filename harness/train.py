@@ -30,6 +30,7 @@ IGNORE_INDEX = -100
 log = logging.getLogger(__name__)
 LogFn = Callable[[int, float], None]
 
+
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
 
@@ -83,7 +84,7 @@ def make_batches(examples: list[Example], micro_batch: int, seed: int, pad_id: i
     every rank draws the same global micro-batches and collates its own slice (DistContext.local_batch).
     """
     dist = dist or DistContext.single()
-    collate_fn = collate_packed if packing else functools.partial(collate, pad_id=pad_id)
+    collate_fn = collator(packing, pad_id)
     rng, size = random.Random(seed), micro_batch * grad_accum
     while True:
         chunks = []
@@ -100,6 +101,11 @@ def make_batches(examples: list[Example], micro_batch: int, seed: int, pad_id: i
             total = sum(loss_terms(e) for e in step) or 1
             yield [(e[0].group, dist.local_batch(e, collate_fn), sum(loss_terms(x) for x in e) / total)
                    for e in (step[i : i + micro_batch] for i in range(0, len(step), micro_batch))]
+
+
+def collator(packing: bool, pad_id: int) -> Callable[[list[Example]], dict[str, torch.Tensor]]:
+    """How training micro-batches are laid out: one padding-free packed row, or padded rows."""
+    return collate_packed if packing else functools.partial(collate, pad_id=pad_id)
 
 
 def collate_packed(batch: list[Example]) -> dict[str, torch.Tensor]:
@@ -218,7 +224,7 @@ def micro_batch_plan(loss_model: Any, examples: list[Example], spec: TrainSpec, 
     from harness.membudget import auto_micro_batch
 
     longest = sorted(examples, key=lambda e: len(e.input_ids), reverse=True)
-    collate_fn = collate_packed if spec.packing else functools.partial(collate, pad_id=pad_id)
+    collate_fn = collator(spec.packing, pad_id)
     micro, accum = auto_micro_batch(loss_model, lambda n: collate_fn(longest[:n]), spec.batch_size, device,
                                     rank=rank, tokens_per_sample=len(longest[0].input_ids),
                                     loss="plain" if spec.loss == "plain" else "chunked",

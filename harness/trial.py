@@ -145,18 +145,9 @@ def _inject_model_faults(adapted: Any, spec: TrialSpec) -> None:
 
 def _execute(spec: TrialSpec, device: str, logger, reporter: Reporter | None,
              results_dir: Path, ranks: int = 1) -> TrialRecord:
-    import torch
-
     from harness.capacity.adapters import attach
-    from harness.data import build_eval_sets
-    from harness.model import load_base_model
-    from harness.prompting import resolve_format
 
-    torch.manual_seed(spec.seed)
-    eval_sets = build_eval_sets(spec.eval, world_seed=spec.data.world_seed)
-    tokenizer, model, info = load_base_model(spec.base_model, device=device, dtype=spec.train.dtype,
-                                             trust_remote_code=spec.trust_remote_code)
-    fmt = resolve_format(spec.eval.prompt_format, tokenizer)
+    eval_sets, tokenizer, model, info, fmt = _trial_inputs(spec, device)
     data_info, train_info, artifacts = DataInfo(), TrainInfo(status=TrialStatus.SUCCESS), {}
     if spec.kind == "trial":
         run = TrainingRun(spec, tokenizer, fmt, device, results_dir, ranks)
@@ -177,6 +168,30 @@ def _execute(spec: TrialSpec, device: str, logger, reporter: Reporter | None,
     )
 
 
+def _trial_inputs(spec: TrialSpec, device: str):
+    """(eval sets, tokenizer, base model, model info, prompt format), the random state seeded first:
+    what rank 0 and every helper rank of a trial start from, identically."""
+    import torch
+
+    from harness.data import build_eval_sets
+    from harness.model import load_base_model
+    from harness.prompting import resolve_format
+
+    torch.manual_seed(spec.seed)
+    eval_sets = build_eval_sets(spec.eval, world_seed=spec.data.world_seed)
+    tokenizer, model, info = load_base_model(spec.base_model, device=device, dtype=spec.train.dtype,
+                                             trust_remote_code=spec.trust_remote_code)
+    return eval_sets, tokenizer, model, info, resolve_format(spec.eval.prompt_format, tokenizer)
+
+
+def _training_mixture(spec: TrialSpec, eval_sets: dict[str, list[dict[str, Any]]], tokenizer_id: str,
+                      results_dir: Path):
+    from harness.data import load_or_build_mixture
+
+    return load_or_build_mixture(spec.subtasks, spec.volume, spec.data, eval_sets, tokenizer_id=tokenizer_id,
+                                 cache_dir=Path(results_dir) / "mixtures")
+
+
 @dataclass
 class TrainingRun:
     """The training half of a trial: mixture -> adapters trained (on `ranks` processes) -> saved,
@@ -193,12 +208,10 @@ class TrainingRun:
               reporter: Reporter | None) -> tuple[Any, DataInfo, TrainInfo, dict[str, Any]]:
         import torch
 
-        from harness.data import load_or_build_mixture
         from harness.distributed import launch_ranks
 
         spec = self.spec
-        mixture = load_or_build_mixture(spec.subtasks, spec.volume, spec.data, eval_sets, tokenizer_id=tokenizer_id,
-                                        cache_dir=self.results_dir / "mixtures")
+        mixture = _training_mixture(spec, eval_sets, tokenizer_id, self.results_dir)
         progress = Progress(spec=spec, tokenizer=self.tokenizer, fmt=self.fmt, device=self.device, logger=logger,
                             reporter=reporter, rows=validation_rows(spec),
                             adapters=adapter_dir(self.results_dir, spec))
@@ -252,23 +265,14 @@ def respond(adapted: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: Tria
 def train_rank(payload: dict[str, Any], dist) -> None:
     """A helper rank of a data-parallel trial (harness.distributed): the same data, base model and
     adapter as rank 0, trained in lockstep; it saves, evaluates and records nothing."""
-    import torch
-
     from harness.capacity.adapters import attach
-    from harness.data import build_eval_sets, load_or_build_mixture
-    from harness.model import load_base_model
-    from harness.prompting import resolve_format
     from harness.train import train_lora
 
     spec = TrialSpec.model_validate(payload["spec"])
-    torch.manual_seed(spec.seed)
-    eval_sets = build_eval_sets(spec.eval, world_seed=spec.data.world_seed)
-    tokenizer, model, info = load_base_model(spec.base_model, device=dist.device, dtype=spec.train.dtype,
-                                             trust_remote_code=spec.trust_remote_code)
-    mixture = load_or_build_mixture(spec.subtasks, spec.volume, spec.data, eval_sets, tokenizer_id=info.revision,
-                                    cache_dir=Path(payload["results_dir"]) / "mixtures")
-    train_lora(attach(model, spec.capacity), tokenizer, mixture.rows, spec.train, seed=spec.seed,
-               fmt=resolve_format(spec.eval.prompt_format, tokenizer), device=dist.device, dist=dist)
+    eval_sets, tokenizer, model, info, fmt = _trial_inputs(spec, dist.device)
+    mixture = _training_mixture(spec, eval_sets, info.revision, payload["results_dir"])
+    train_lora(attach(model, spec.capacity), tokenizer, mixture.rows, spec.train, seed=spec.seed, fmt=fmt,
+               device=dist.device, dist=dist)
 
 
 def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, progress: "Progress", dist):

@@ -80,7 +80,7 @@ class PeftAdapted(AdaptedModel):
 
     def save(self, path: Path) -> int:
         path = Path(path)
-        self.model.save_pretrained(str(path))
+        self.model.save_pretrained(str(path))  # multi_lora: one subfolder per adapter name
         return self._write_spec(path)
 
     def merged(self, group: str | None = None) -> nn.Module:
@@ -119,11 +119,6 @@ class MultiLoraAdapted(PeftAdapted):
         active = [group, SHARED] if group else [SHARED]
         for layer in self._layers:
             layer._active_adapter = active
-
-    def save(self, path: Path) -> int:
-        path = Path(path)
-        self.model.save_pretrained(str(path))  # one subfolder per adapter name
-        return self._write_spec(path)
 
     def merged(self, group: str | None = None) -> nn.Module:
         names = [group, SHARED] if group else [SHARED]

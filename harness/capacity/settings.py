@@ -116,11 +116,16 @@ def trial_groups(groups: str | dict[str, list[str]], domains: list[str],
         return {d: [d] for d in domains}, "domain"
     if groups == "subtask":
         return {s: [s] for s in subtasks}, "subtask"
-    members = {m for ms in groups.values() for m in ms}
-    by = "subtask" if members and members <= _known_subtasks() else "domain"
+    by = _group_kind(groups)
     present = set(domains if by == "domain" else subtasks)
     out = {g: [m for m in ms if m in present] for g, ms in groups.items()}
     return {g: ms for g, ms in out.items() if ms}, by
+
+
+def _group_kind(groups: dict[str, list[str]]) -> str:
+    """A declared mapping groups subtasks when every member is a known subtask, else domains."""
+    members = {m for ms in groups.values() for m in ms}
+    return "subtask" if members and members <= _known_subtasks() else "domain"
 
 
 @lru_cache(maxsize=1)
@@ -133,10 +138,8 @@ def _known_subtasks() -> frozenset[str]:
 def _group_problems(where: str, groups: dict[str, list[str]], spec: SweepSpec) -> list[str]:
     from harness.tasks import registry
 
-    domain_ids = [d.id for d in registry.all_domains()]
-    members = [m for ms in groups.values() for m in ms]
-    subtask_mode = bool(members) and set(members) <= _known_subtasks()
-    known = sorted(_known_subtasks()) if subtask_mode else domain_ids
+    subtask_mode = _group_kind(groups) == "subtask"
+    known = sorted(_known_subtasks()) if subtask_mode else [d.id for d in registry.all_domains()]
     problems = [f"{where}: unknown {'subtask' if subtask_mode else 'domain'} {m!r} in group {g!r}"
                 f"{did_you_mean(m, known)}" for g, ms in groups.items() for m in ms if m not in known]
     problems += [f"{where}: group name {SHARED!r} is reserved for the shared adapter; rename it"
