@@ -74,10 +74,17 @@ class TrainSpec(Spec):
     grad_accum: int = Field(default=1, ge=1)  # micro-batches per optimiser step (auto: derived from batch_size)
     batch_size: int | None = Field(default=None, ge=1)  # sequences per optimiser step; needed by micro_batch auto
     max_seq_len: int = Field(default=256, ge=16)  # tokens; longer examples are truncated from the left
-    # Pack each micro-batch into one padding-free row (samples never attend across boundaries). Pays
-    # with flash-attention's varlen kernels; with SDPA's dense block mask, attention grows with the
-    # square of the packed row, which made it slower than padding for builtin:tiny on the CPU.
+    # Pack each micro-batch's samples into padding-free rows; position ids restart per sample, so no
+    # sample attends across a boundary. SDPA and eager build a dense block-diagonal mask whose cost
+    # grows with the square of a row, so rows are bounded by pack_length (unset: max_seq_len).
+    # flash_attention_* and flex_attention skip the cross-sample blocks: one row per micro-batch
+    # (flash finds boundaries only in a single row, so pack_length is refused with it).
     packing: bool = False
+    pack_length: int | None = Field(default=None, ge=16)  # tokens per packed row (SDPA/eager/flex)
+    # Attention kernel while training (evaluation keeps the model's default): auto = as loaded (SDPA);
+    # flash_attention_2/3 need the flash-attn package; flex_attention compiles on first use.
+    attention: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2",
+                       "flash_attention_3"] = "auto"
     warmup_steps: int = Field(default=10, ge=0)
     weight_decay: float = Field(default=0.0, ge=0)
     log_every: int = Field(default=10, ge=1)  # steps between loss reports
@@ -286,7 +293,7 @@ class SweepSpec(Spec):
 # out of trial and cell ids, so changing them neither re-runs finished trials nor changes old ids.
 IDENTITY_EXCLUDE: dict[str, Any] = {
     "train": {"keep_checkpoints", "checkpoint_every", "eval_every", "eval_rows", "loss", "loss_chunk_tokens",
-              "compile", "grad_checkpointing", "fused_adamw"},
+              "compile", "grad_checkpointing", "fused_adamw", "pack_length", "attention"},
     "data": {"embedding_diversity_sample"},
 }
 
@@ -629,12 +636,27 @@ def _train_schedule_problems(train: TrainSpec) -> list[str]:
     if isinstance(train.micro_batch, int) and train.batch_size not in (None, train.micro_batch * train.grad_accum):
         problems.append(f"train.batch_size: {train.batch_size} is not micro_batch x grad_accum "
                         f"({train.micro_batch} x {train.grad_accum}); give one or the other")
+    problems += _packing_problems(train)
     if isinstance(train.micro_batch, int) and train.micro_batch < 1:
         problems.append(f"train.micro_batch: {train.micro_batch} must be >= 1 (or auto)")
     if train.keep_checkpoints > 1 and train.checkpoint_every is None:
         problems.append(f"train.keep_checkpoints: {train.keep_checkpoints} keeps intermediate adapters: "
                         "set train.checkpoint_every (steps between them), or keep 1 (the final one)")
     return problems
+
+
+def _packing_problems(train: TrainSpec) -> list[str]:
+    if train.pack_length is None:
+        return []
+    if not train.packing:
+        return ["train.pack_length: rows are packed only with train.packing: true; set it, or drop pack_length"]
+    if train.attention.startswith("flash_attention"):
+        return [f"train.pack_length: {train.attention} finds sample boundaries only in a single packed "
+                "row, so each micro-batch is one row; drop pack_length"]
+    if train.pack_length < train.max_seq_len:
+        return [f"train.pack_length: {train.pack_length} tokens cannot hold the longest sample "
+                f"(train.max_seq_len {train.max_seq_len}); raise pack_length or leave it unset"]
+    return []
 
 
 def eval_set_names(spec: EvalSpec) -> list[str]:

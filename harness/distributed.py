@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 from harness.errors import InputError
 
 T = TypeVar("T")
-IGNORE_INDEX = -100  # harness.train's label for tokens without loss (not imported: train imports us)
+IGNORE_INDEX = -100  # the label of tokens without loss, as harness.fastloss (not imported: it imports torch)
 READY_KEY = "harness/ready"  # helpers add 1 to it on the rendezvous store once connected
 RENDEZVOUS_TIMEOUT_S = 300.0  # helpers start Python and import torch before they check in
 COLLECTIVE_TIMEOUT_S = 1800.0  # ranks wait for each other this long (rank 0 may be evaluating)
@@ -119,6 +119,14 @@ class DistContext:
         batch["loss_weight"] = torch.tensor(weight, dtype=torch.float32)
         return batch
 
+    def local_tokens(self, examples: Sequence[Any]) -> tuple[int, int]:
+        """(tokens, supervised tokens) of this rank's slice of a global micro-batch, for throughput and
+        the record: real tokens, whatever padding the layout adds (a rank with nothing to do, which
+        runs a weight-0 stand-in, counts none)."""
+        local = self.shard(examples)
+        return (sum(len(e.input_ids) for e in local),
+                sum(1 for e in local for label in e.labels if label != IGNORE_INDEX))
+
     def micro_loss(self, model: Any, batch: dict) -> Any:
         """Forward one micro-batch from `local_batch` and return the loss to backpropagate: the
         model's mean loss times the batch's weight. At weight 0 (nothing of this rank's counts),
@@ -168,16 +176,6 @@ class DistContext:
             import torch.distributed as dist
 
             dist.barrier()
-
-
-def batch_tokens(batch: dict) -> tuple[int, int]:
-    """(tokens, supervised tokens) a micro-batch puts through the model, for throughput and the
-    record; a weight-0 stand-in batch (see local_batch) counts for nothing."""
-    if "loss_weight" in batch and float(batch["loss_weight"]) == 0:
-        return 0, 0
-    mask = batch.get("attention_mask")
-    tokens = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-    return tokens, int((batch["labels"] != IGNORE_INDEX).sum())
 
 
 def loss_terms(example: Any) -> int:

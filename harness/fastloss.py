@@ -36,13 +36,9 @@ IGNORE_INDEX = -100
 Impl = Literal["checkpoint", "fused"]
 
 
-def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """(decoder, lm_head) of a causal LM, through peft and torch.compile wrappers.
-
-    The decoder is the module that returns `last_hidden_state` (Qwen2Model, LlamaModel, ...); the head
-    is the output embedding, which for tied-embedding models (Qwen2.5 up to 3B) shares its weight with
-    the input embedding, so using the module as it is handles the tie.
-    """
+def unwrap_causal_lm(model: nn.Module) -> nn.Module:
+    """The transformers causal LM (XForCausalLM) inside DDP, ChunkedLossModel, peft and torch.compile
+    wrappers."""
     from torch.nn.parallel import DistributedDataParallel
 
     causal = model
@@ -56,7 +52,17 @@ def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
         elif callable(getattr(causal, "get_base_model", None)):
             causal = causal.get_base_model()
         else:
-            break
+            return causal
+
+
+def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(decoder, lm_head) of a causal LM, through peft and torch.compile wrappers.
+
+    The decoder is the module that returns `last_hidden_state` (Qwen2Model, LlamaModel, ...); the head
+    is the output embedding, which for tied-embedding models (Qwen2.5 up to 3B) shares its weight with
+    the input embedding, so using the module as it is handles the tie.
+    """
+    causal = unwrap_causal_lm(model)
     get_decoder, get_head = getattr(causal, "get_decoder", None), getattr(causal, "get_output_embeddings", None)
     decoder = get_decoder() if callable(get_decoder) else getattr(causal, "model", None)
     head = get_head() if callable(get_head) else None

@@ -1,4 +1,5 @@
-"""Training-speed levers that are not the loss: activation checkpointing, torch.compile, fused AdamW.
+"""Training-speed levers that are not the loss: activation checkpointing, torch.compile, fused AdamW,
+the attention kernel.
 
 Each is one call on an already LoRA-wrapped model, so the trainer and bench/train_throughput.py switch
 them one at a time. The loss lever is harness.fastloss; the micro-batch choice is harness.membudget.
@@ -6,13 +7,15 @@ them one at a time. The loss lever is harness.fastloss; the micro-batch choice i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from harness.fastloss import causal_lm_parts
+from harness.errors import InputError
+from harness.fastloss import causal_lm_parts, unwrap_causal_lm
 
 
 def enable_activation_checkpointing(model: nn.Module) -> None:
@@ -59,3 +62,27 @@ def make_adamw(params: Iterable[nn.Parameter], lr: float, weight_decay: float = 
     if fused:
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+@contextlib.contextmanager
+def attention_kernel(model: nn.Module, impl: str) -> Iterator[None]:
+    """Run the block with transformers' attention implementation `impl` ("auto": as loaded), then put
+    the loaded one back, so evaluation and generation keep the model's default kernel.
+
+    The kernel decides what packing costs: flash_attention_* runs packed rows as varlen sequences and
+    flex_attention skips the cross-sample blocks; SDPA and eager build a dense block-diagonal mask.
+    """
+    if impl == "auto":
+        yield
+        return
+    causal = unwrap_causal_lm(model)
+    loaded = causal.config._attn_implementation
+    try:
+        causal.set_attn_implementation(impl)
+    except (ImportError, ValueError) as exc:
+        raise InputError(f"train.attention: {impl} cannot run here ({exc}). Install what it needs on the "
+                         f"workers, or use sdpa (the default)") from exc
+    try:
+        yield
+    finally:
+        causal.set_attn_implementation(loaded)

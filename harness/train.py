@@ -21,12 +21,11 @@ import torch
 
 from harness.capacity.adapters import AdaptedModel
 from harness.config import TrainSpec
-from harness.distributed import DistContext, batch_tokens, loss_terms
-from harness.fastloss import ChunkedLossModel
-from harness.levers import compile_decoder_layers, enable_activation_checkpointing, make_adamw
+from harness.distributed import DistContext, loss_terms
+from harness.fastloss import IGNORE_INDEX, ChunkedLossModel
+from harness.levers import attention_kernel, compile_decoder_layers, enable_activation_checkpointing, make_adamw
 from harness.prompting import PromptFormat, format_prompt, render_answer
 
-IGNORE_INDEX = -100
 log = logging.getLogger(__name__)
 LogFn = Callable[[int, float], None]
 
@@ -71,20 +70,30 @@ def encode_example(row: dict[str, Any], tokenizer: Any, fmt: PromptFormat, max_l
     return Example(ids, labels, row.get("subtask", ""), group)
 
 
+@dataclass(frozen=True)
+class MicroBatch:
+    group: str  # the adapter group it trains (multi_lora); "" otherwise
+    batch: dict[str, torch.Tensor]  # this rank's collated slice
+    share: float  # its part of the step's loss-carrying tokens (all ranks together)
+    tokens: int  # this rank's real tokens (padding not counted) and supervised tokens
+    supervised: int
+
+
 def make_batches(examples: list[Example], micro_batch: int, seed: int, pad_id: int, packing: bool,
-                 dist: DistContext | None = None, grad_accum: int = 1):
+                 dist: DistContext | None = None, grad_accum: int = 1, pack_length: int | None = None):
     """Endless shuffled optimiser steps: each one effective batch (micro_batch x grad_accum examples of
-    one adapter group) as a list of (group, micro-batch, share) with share = the micro-batch's part of
-    the step's loss-carrying tokens.
+    one adapter group) as a list of MicroBatch, whose share is its part of the step's loss-carrying
+    tokens.
 
     The step's examples depend only on the effective batch, and the shares make the summed loss the
     token mean over the whole step, so micro_batch 8 x 2 learns what 16 x 1 learns (the out-of-memory
-    retry and micro_batch auto change the split, not the training). Packed: each micro-batch is one row
-    with no padding (collate_packed). Padded: rows of similar length are batched together. Data-parallel:
-    every rank draws the same global micro-batches and collates its own slice (DistContext.local_batch).
+    retry and micro_batch auto change the split, not the training). Packed: each micro-batch is packed
+    into rows of at most pack_length tokens (collate_packed; None: one row). Padded: rows of similar
+    length are batched together. Data-parallel: every rank draws the same global micro-batches and
+    collates its own slice (DistContext.local_batch).
     """
     dist = dist or DistContext.single()
-    collate_fn = collator(packing, pad_id)
+    collate_fn = collator(packing, pad_id, pack_length)
     rng, size = random.Random(seed), micro_batch * grad_accum
     while True:
         chunks = []
@@ -99,28 +108,76 @@ def make_batches(examples: list[Example], micro_batch: int, seed: int, pad_id: i
         for chunk in chunks:
             step = [examples[i] for i in chunk]
             total = sum(loss_terms(e) for e in step) or 1
-            yield [(e[0].group, dist.local_batch(e, collate_fn), sum(loss_terms(x) for x in e) / total)
+            yield [MicroBatch(e[0].group, dist.local_batch(e, collate_fn), sum(loss_terms(x) for x in e) / total,
+                              *dist.local_tokens(e))
                    for e in (step[i : i + micro_batch] for i in range(0, len(step), micro_batch))]
 
 
-def collator(packing: bool, pad_id: int) -> Callable[[list[Example]], dict[str, torch.Tensor]]:
-    """How training micro-batches are laid out: one padding-free packed row, or padded rows."""
-    return collate_packed if packing else functools.partial(collate, pad_id=pad_id)
+def collator(packing: bool, pad_id: int,
+             pack_length: int | None = None) -> Callable[[list[Example]], dict[str, torch.Tensor]]:
+    """How training micro-batches are laid out: padding-free packed rows (at most pack_length tokens
+    each; None: one row), or padded rows."""
+    if packing:
+        return functools.partial(collate_packed, pad_id=pad_id, pack_length=pack_length)
+    return functools.partial(collate, pad_id=pad_id)
 
 
-def collate_packed(batch: list[Example]) -> dict[str, torch.Tensor]:
-    """All examples concatenated into one row, position ids restarting at 0 for each example.
+def packed_row_length(spec: TrainSpec) -> int | None:
+    """Tokens per packed row: None (one row per micro-batch) where the attention kernel skips the
+    cross-sample blocks (flash varlen, flex block masks), else pack_length or max_seq_len, which bounds
+    the dense block-diagonal mask of SDPA/eager to what the longest padded batch would cost."""
+    if spec.attention.startswith("flash_attention"):
+        return None
+    if spec.attention == "flex_attention" and spec.pack_length is None:
+        return None
+    return spec.pack_length or spec.max_seq_len
+
+
+def pack_rows(batch: list[Example], pack_length: int | None) -> list[list[Example]]:
+    """First-fit decreasing: longest samples first, each into the first row with room for it."""
+    if pack_length is None:
+        return [batch]
+    rows: list[list[Example]] = []
+    room: list[int] = []
+    for e in sorted(batch, key=lambda e: len(e.input_ids), reverse=True):
+        n = len(e.input_ids)
+        if n > pack_length:
+            raise ValueError(f"a {n}-token sample does not fit a packed row of {pack_length} tokens")
+        i = next((i for i, free in enumerate(room) if free >= n), len(rows))
+        if i == len(rows):
+            rows.append([])
+            room.append(pack_length)
+        rows[i].append(e)
+        room[i] -= n
+    return rows
+
+
+def collate_packed(batch: list[Example], pad_id: int = 0,
+                   pack_length: int | None = None) -> dict[str, torch.Tensor]:
+    """Examples concatenated into rows of at most pack_length tokens (None: one row), position ids
+    restarting at 0 for each example.
 
     With no attention_mask, transformers reads the restarts as sequence boundaries and builds a
-    block-diagonal causal mask (SDPA/eager) or varlen attention (flash-attention), so no token
-    attends across examples. No label crosses a boundary either: each example starts with prompt
-    tokens, which are labelled -100.
+    block-diagonal causal mask (SDPA/eager/flex) or varlen attention (flash-attention, single row
+    only), so no token attends across examples. No label crosses a boundary either: each example
+    starts with prompt tokens, which are labelled -100. A short row's padding tail is one more
+    "sequence" (positions from 0, labels -100) that no real token attends to.
     """
-    ids = [t for e in batch for t in e.input_ids]
-    labels = [t for e in batch for t in e.labels]
-    positions = [p for e in batch for p in range(len(e.input_ids))]
-    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-            "position_ids": torch.tensor([positions])}
+    rows = pack_rows(batch, pack_length)
+    width = max(sum(len(e.input_ids) for e in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for e in row:
+            n = len(e.input_ids)
+            ids[r, at : at + n] = torch.tensor(e.input_ids)
+            labels[r, at : at + n] = torch.tensor(e.labels)
+            positions[r, at : at + n] = torch.arange(n)
+            at += n
+        positions[r, at:] = torch.arange(width - at)
+    return {"input_ids": ids, "labels": labels, "position_ids": positions}
 
 
 def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
@@ -162,18 +219,26 @@ def train_lora(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: Tra
         raise ValueError("no training rows")
     dist = dist or DistContext.single(device)
     adapted = as_adapted(model)
-    model = adapted.model
     torch.manual_seed(seed)
     examples = [encode_example(r, tokenizer, fmt, spec.max_seq_len, adapted.group_of(r)) for r in rows]
+    with attention_kernel(adapted.model, spec.attention):
+        return _train(adapted, examples, tokenizer.pad_token_id, spec, seed=seed, device=device,
+                      on_log=on_log, dist=dist)
+
+
+def _train(adapted: AdaptedModel, examples: list[Example], pad_id: int, spec: TrainSpec, *, seed: int,
+           device: str, on_log: LogFn | None, dist: DistContext) -> TrainResult:
+    model = adapted.model
     params = adapted.trainable_parameters()
     loss_model = apply_levers(model, spec, device)
-    micro, accum = micro_batch_plan(loss_model, examples, spec, tokenizer.pad_token_id, device,
+    micro, accum = micro_batch_plan(loss_model, examples, spec, pad_id, device,
                                     rank=adapted.spec.rank if adapted.spec else 16)
     # multi_lora leaves the other groups' adapters out of each micro-batch: DDP must be told
     net = dist.wrap(loss_model, find_unused_parameters=len({e.group for e in examples}) > 1)
     opt = make_adamw(params, spec.lr, spec.weight_decay, fused=spec.fused_adamw and device.startswith("cuda"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(spec))
-    batches = make_batches(examples, micro, seed, tokenizer.pad_token_id, spec.packing, dist, accum)
+    batches = make_batches(examples, micro, seed, pad_id, spec.packing, dist, accum,
+                           pack_length=packed_row_length(spec))
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     model.train()
@@ -224,7 +289,7 @@ def micro_batch_plan(loss_model: Any, examples: list[Example], spec: TrainSpec, 
     from harness.membudget import auto_micro_batch
 
     longest = sorted(examples, key=lambda e: len(e.input_ids), reverse=True)
-    collate_fn = collator(spec.packing, pad_id)
+    collate_fn = collator(spec.packing, pad_id, packed_row_length(spec))
     micro, accum = auto_micro_batch(loss_model, lambda n: collate_fn(longest[:n]), spec.batch_size, device,
                                     rank=rank, tokens_per_sample=len(longest[0].input_ids),
                                     loss="plain" if spec.loss == "plain" else "chunked",
@@ -242,16 +307,15 @@ def _optimizer_step(adapted: AdaptedModel, net: Any, batches, device: str,
     `net` is the model, or its DDP wrapper (gradients all-reduced on the last micro-batch only)."""
     total_loss, tokens, supervised = 0.0, 0, 0
     step = next(batches)
-    for i, (group, batch, share) in enumerate(step):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        adapted.route(group)
-        n_tok, n_sup = batch_tokens(batch)
+    for i, micro in enumerate(step):
+        batch = {k: v.to(device) for k, v in micro.batch.items()}
+        adapted.route(micro.group)
         with dist.accumulate(net, i, len(step)):
-            loss = dist.micro_loss(net, batch) * share
-            aux = adapted.aux_loss() if n_tok else None  # a weight-0 stand-in batch adds no aux loss
-            (loss if aux is None else loss + aux * share).backward()
+            loss = dist.micro_loss(net, batch) * micro.share
+            aux = adapted.aux_loss() if micro.tokens else None  # a weight-0 stand-in batch adds no aux loss
+            (loss if aux is None else loss + aux * micro.share).backward()
         total_loss += loss.item()
-        tokens, supervised = tokens + n_tok, supervised + n_sup
+        tokens, supervised = tokens + micro.tokens, supervised + micro.supervised
     return total_loss, tokens, supervised
 
 

@@ -3,7 +3,7 @@ LoRA weights as one process on the same global batches, and a failure on any ran
 that rank's reason, without hanging and without leaving processes behind.
 
 The training loop here is the one harness.train runs with a DistContext (local_batch, accumulate,
-micro_loss, batch_tokens, reduce_step), on a small random Qwen2 built here."""
+micro_loss, local_tokens, reduce_step), on a small random Qwen2 built here."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import psutil
 import pytest
 import torch
 
-from harness.distributed import DistContext, DistributedError, batch_tokens, launch_ranks, world_size_for
+from harness.distributed import DistContext, DistributedError, launch_ranks, world_size_for
 from harness.errors import InputError
 from harness.train import IGNORE_INDEX, Example, collate
 
@@ -77,12 +77,13 @@ def train(payload: dict, dist: DistContext) -> dict | None:
     for _ in range(cfg["steps"]):
         loss_sum, tok, sup = 0.0, 0, 0
         for i in range(cfg["grad_accum"]):
-            batch = dist.local_batch(next(stream), lambda rows: collate(rows, pad_id=0))
+            micro = next(stream)
+            batch = dist.local_batch(micro, lambda rows: collate(rows, pad_id=0))
             with dist.accumulate(ddp, i, cfg["grad_accum"]):
                 loss = dist.micro_loss(ddp, batch) / cfg["grad_accum"]
                 loss.backward()
             loss_sum += loss.item()
-            n_tok, n_sup = batch_tokens(batch)
+            n_tok, n_sup = dist.local_tokens(micro)
             tok, sup = tok + n_tok, sup + n_sup
         loss_sum, tok, sup = dist.reduce_step(loss_sum, tok, sup)
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -9,7 +9,9 @@ from harness.capacity.adapters import attach
 from harness.config import AdapterSpec, TrainSpec
 from harness.model import load_base_model
 from harness.tasks import synthetic
-from harness.train import IGNORE_INDEX, collate, collate_packed, encode_example, train_lora
+from harness.errors import InputError
+from harness.train import (IGNORE_INDEX, Example, collate, collate_packed, encode_example, pack_rows,
+                           packed_row_length, train_lora)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +62,119 @@ def test_packed_samples_do_not_attend_across_boundaries(tiny, rows):
     packed = model(**{k: v for k, v in collate_packed([a, b]).items() if k != "labels"},
                    use_cache=False).logits[0, len(a.input_ids):]
     torch.testing.assert_close(packed, alone, rtol=1e-4, atol=1e-4)
+
+
+def _sized(*lengths: int) -> list[Example]:
+    return [Example(list(range(1, n + 1)), [IGNORE_INDEX] + list(range(2, n + 1)), f"s{n}") for n in lengths]
+
+
+def test_pack_rows_is_first_fit_decreasing_within_the_row_length():
+    rows = pack_rows(_sized(20, 50, 10, 40, 30), 60)
+    assert [[len(e.input_ids) for e in row] for row in rows] == [[50, 10], [40, 20], [30]]
+    assert pack_rows(_sized(20, 50), None) == [_sized(20, 50)]  # None: one row
+    with pytest.raises(ValueError, match="61-token sample"):
+        pack_rows(_sized(61), 60)
+
+
+def test_bounded_rows_pad_each_tail_as_its_own_sequence():
+    batch = collate_packed(_sized(5, 3, 4), pad_id=0, pack_length=8)  # rows [5, 3] and [4 + 4 padding]
+    assert batch["input_ids"].shape == (2, 8)
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 2, 3, 0, 1, 2, 3]]
+    assert batch["input_ids"][1, 4:].tolist() == [0] * 4
+    assert batch["labels"][1, 4:].tolist() == [IGNORE_INDEX] * 4
+
+
+@pytest.fixture
+def kernel(tiny, request):
+    """The tiny model with the attention implementation of the test's parameter, sdpa again after."""
+    _, model = tiny
+    model.set_attn_implementation(request.param)
+    yield model
+    model.set_attn_implementation("sdpa")
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"], indirect=True)
+@torch.no_grad()
+def test_bounded_packed_rows_give_the_padded_loss(tiny, rows, kernel):
+    tokenizer, _ = tiny
+    examples = [encode_example(r, tokenizer, "raw", 256) for r in rows]
+    lengths = [len(e.input_ids) for e in examples]
+    padded = kernel(**collate(examples, tokenizer.pad_token_id), use_cache=False).loss
+    batch = collate_packed(examples, tokenizer.pad_token_id, pack_length=max(lengths) + min(lengths))
+    assert 1 < batch["input_ids"].shape[0] < len(examples)  # several rows, some holding two samples
+    assert kernel(**batch, use_cache=False).loss.item() == pytest.approx(padded.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"], indirect=True)
+@torch.no_grad()
+def test_samples_in_packed_rows_see_only_themselves(tiny, rows, kernel):
+    tokenizer, _ = tiny
+    examples = [encode_example(r, tokenizer, "raw", 256) for r in rows]
+    lengths = [len(e.input_ids) for e in examples]
+    length = max(lengths) + min(lengths)
+    batch = collate_packed(examples, tokenizer.pad_token_id, pack_length=length)
+    logits = kernel(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+    layout = pack_rows(examples, length)
+    assert any(len(row) == 2 and sum(len(e.input_ids) for e in row) < logits.shape[1] for row in layout)
+    for r, row in enumerate(layout):
+        at = 0
+        for e in row:
+            alone = kernel(input_ids=torch.tensor([e.input_ids]), use_cache=False).logits[0]
+            torch.testing.assert_close(logits[r, at : at + len(e.input_ids)], alone, rtol=1e-4, atol=1e-4)
+            at += len(e.input_ids)
+
+
+def test_the_row_length_follows_the_attention_kernel():
+    assert packed_row_length(TrainSpec(packing=True, max_seq_len=256)) == 256
+    assert packed_row_length(TrainSpec(packing=True, pack_length=1024)) == 1024
+    assert packed_row_length(TrainSpec(packing=True, attention="flex_attention")) is None
+    assert packed_row_length(TrainSpec(packing=True, attention="flex_attention", pack_length=512)) == 512
+    assert packed_row_length(TrainSpec(packing=True, attention="flash_attention_2")) is None
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_flex_attention_packs_one_row_with_the_padded_loss(tiny, rows):
+    """flex_attention builds a block mask from the position-id restarts (compiled on first use: ~30 s
+    cold on this CPU, which is why only this one test runs it)."""
+    tokenizer, model = tiny
+    examples = [encode_example(r, tokenizer, "raw", 256) for r in rows]
+    padded = model(**collate(examples, tokenizer.pad_token_id), use_cache=False).loss
+    model.set_attn_implementation("flex_attention")
+    try:
+        packed = model(**collate_packed(examples, tokenizer.pad_token_id), use_cache=False).loss
+    finally:
+        model.set_attn_implementation("sdpa")
+    assert packed.item() == pytest.approx(padded.item(), rel=1e-4)
+
+
+def test_packed_training_learns_the_same_whatever_the_rows_and_kernel(rows):
+    """Packing draws the same examples per step whatever the row length and attention kernel, so the
+    loss curves agree up to float rounding. (Padded training buckets by length: other steps.)"""
+    def run(**layout):
+        tokenizer, model, _ = load_base_model("builtin:tiny")
+        torch.manual_seed(0)  # the adapter's initialisation
+        model = attach(model, AdapterSpec(rank=4, alpha=8.0)).model
+        result = train_lora(model, tokenizer, rows * 4, TrainSpec(steps=6, lr=5e-3, micro_batch=8, warmup_steps=1,
+                            log_every=1, packing=True, **layout), seed=0, fmt="raw", device="cpu")
+        assert model.config._attn_implementation == "sdpa"  # the training kernel is put back
+        return result
+    rows_of_max_seq_len = run()
+    for layout in ({"pack_length": 4096}, {"pack_length": 160, "attention": "eager"}):
+        other = run(**layout)
+        assert [l for _, l in other.loss_curve] == pytest.approx([l for _, l in rows_of_max_seq_len.loss_curve],
+                                                                 rel=1e-4)
+        assert (other.tokens, other.tokens_per_subtask) == (rows_of_max_seq_len.tokens,
+                                                            rows_of_max_seq_len.tokens_per_subtask)
+
+
+def test_an_attention_kernel_that_is_not_installed_is_named(tiny, rows):
+    tokenizer, _ = tiny
+    _, model, _ = load_base_model("builtin:tiny")
+    model = attach(model, AdapterSpec(rank=4, alpha=8.0)).model
+    with pytest.raises(InputError, match="train.attention: flash_attention_2 cannot run here"):
+        train_lora(model, tokenizer, rows, TrainSpec(steps=1, attention="flash_attention_2"), seed=0,
+                   fmt="raw", device="cpu")
 
 
 def test_lora_training_lowers_the_loss_and_only_trains_the_adapter(rows):
@@ -130,7 +245,8 @@ def test_steps_are_effective_batches_with_token_shares():
     tokenizer, _, _ = load_base_model("builtin:tiny")
     examples = [encode_example(r, tokenizer, "raw", 128) for r in synthetic.generate_rows("query_ner", "train", 10)]
     step = next(make_batches(examples, 4, seed=0, pad_id=tokenizer.pad_token_id, packing=False, grad_accum=3))
-    assert [len(b["input_ids"]) for _, b, _ in step] == [4, 4, 2]  # the 10 examples: one step of 12 at most
-    assert sum(share for _, _, share in step) == pytest.approx(1.0)
-    labelled = [int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for _, b, _ in step]
-    assert [share for _, _, share in step] == pytest.approx([n / sum(labelled) for n in labelled])
+    assert [len(m.batch["input_ids"]) for m in step] == [4, 4, 2]  # the 10 examples: one step of 12 at most
+    assert sum(m.share for m in step) == pytest.approx(1.0)
+    labelled = [int((m.batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for m in step]
+    assert [m.share for m in step] == pytest.approx([n / sum(labelled) for n in labelled])
+    assert [m.tokens for m in step] == [int(m.batch["attention_mask"].sum()) for m in step]

@@ -114,8 +114,9 @@ def test_batches_never_mix_groups(rows):
     batches = make_batches(examples, 5, seed=0, pad_id=tokenizer.pad_token_id, packing=False)
     by_group = {}
     for _ in range(12):
-        ((group, batch, share),) = next(batches)  # grad_accum 1: one micro-batch per step
-        assert share == 1.0
+        (micro,) = next(batches)  # grad_accum 1: one micro-batch per step
+        group, batch = micro.group, micro.batch
+        assert micro.share == 1.0
         by_group[group] = by_group.get(group, 0) + len(batch["input_ids"])
         labels = {tuple(e.input_ids) for e in examples if e.group == group}
         for row in batch["input_ids"]:
