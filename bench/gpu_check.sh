@@ -15,7 +15,8 @@
 #   B  Qwen2.5-0.5B shape, rank 16: each lever alone, briefly (chunked-all vs chunked: the selection)
 #   D  auto micro-batch (analytic estimate + probe) under a forced 6 GiB budget, 512 samples a step
 #   E  the evaluation bench (bench/RESULTS.md's GPU command)
-#   F  torch.compile (per decoder layer) alone and on top of the best combination, 0.5B rank 16
+#   F  torch.compile (per decoder layer) alone and on top of the best combination, 0.5B rank 16;
+#      packing in one row with flex_attention (block-sparse: no cross-sample attention work)
 # Issue 6's targets: >= 2x plain tokens/s on 0.5B and >= 1.4x on 7B (rank 16 and 64), peak memory
 # <= 60% of plain at the same batch. Every row prints its x-plain ratios of both. compile runs last:
 # it costs the most wall time (graphs compile on the first steps) and gave +7% on 0.5B before.
@@ -117,7 +118,8 @@ step D-auto-batch 40 python3 bench/train_throughput.py "${S05[@]}" "${DEV[@]}" -
     --steps 2 --warmup 1 --no-plain --configs bucket+chunked+auto-batch --out "$OUT/auto_batch.json"
 step E-eval 130 python3 bench/eval_throughput.py "${EVAL[@]}" --out "$OUT/eval_throughput.json"
 if [[ $SMOKE != 1 ]]; then  # a CPU compiles for a minute: checked there on its own, not in the smoke
-    step F-compile-0.5b 100 python3 bench/train_throughput.py "${S05[@]}" "${DEV[@]}" --rank 16 "${N_B[@]}" \
-        --warmup 3 --configs compile bucket+fused-ce+compile+fused-adamw --out "$OUT/train_05b_compile.json"
+    step F-compile-0.5b 140 python3 bench/train_throughput.py "${S05[@]}" "${DEV[@]}" --rank 16 "${N_B[@]}" \
+        --warmup 3 --configs compile bucket+fused-ce+compile+fused-adamw packing+flex+fused-ce+fused-adamw \
+        --out "$OUT/train_05b_compile.json"
 fi
 log "done: $(ls "$OUT" | tr '\n' ' ')"

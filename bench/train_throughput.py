@@ -16,7 +16,10 @@ plain   what a transformers + peft user writes: batches in data order padded to 
 ours    the plain loop plus the levers named by the flags, or one configuration per `--configs` entry
         (levers joined by '+'), each in a freshly built model:
           bucket       length-bucketed padded batches, as harness.train.make_batches pads
-          packing      each micro-batch packed into one padding-free row (harness.train.collate_packed)
+          packing      each micro-batch packed into padding-free rows of at most --pack-length tokens
+                       (harness.train.collate_packed, first-fit decreasing; 0: one row per micro-batch)
+          flex         attention through torch's flex_attention (harness.levers.attention_kernel): the
+                       packed block mask skips cross-sample blocks, so packing runs one row
           chunked      harness.fastloss.causal_lm_loss: LM head on labelled positions only, chunked,
                        checkpointed (--loss chunked); fused-ce: the same with the gradient computed in
                        the forward pass (--loss fused); chunked-all: chunked over every position, to
@@ -53,8 +56,8 @@ import torch
 from harness.shapes import KNOWN_SHAPES, ModelShape, model_shape
 
 PEAK_TFLOPS = {"cuda": 989.0, "cpu": None}  # H200 dense bf16 datasheet; no MFU on CPU
-LEVER_NAMES = ("bucket", "packing", "chunked-all", "chunked", "fused-ce", "compile", "fused-adamw", "grad-ckpt",
-               "auto-batch")
+LEVER_NAMES = ("bucket", "packing", "flex", "chunked-all", "chunked", "fused-ce", "compile", "fused-adamw",
+               "grad-ckpt", "auto-batch")
 LOSS_LEVERS = {"chunked-all": "chunked-all", "chunked": "chunked", "fused-ce": "fused"}  # lever -> --loss
 
 
@@ -62,6 +65,7 @@ LOSS_LEVERS = {"chunked-all": "chunked-all", "chunked": "chunked", "fused-ce": "
 class Levers:
     bucket: bool = False
     packing: bool = False
+    flex: bool = False
     loss: str = "plain"  # plain | chunked-all | chunked | fused
     compile: bool = False
     fused_adamw: bool = False
@@ -70,7 +74,7 @@ class Levers:
 
     @property
     def name(self) -> str:
-        on = {"bucket": self.bucket, "packing": self.packing, "compile": self.compile,
+        on = {"bucket": self.bucket, "packing": self.packing, "flex": self.flex, "compile": self.compile,
               "fused-adamw": self.fused_adamw, "grad-ckpt": self.grad_ckpt, "auto-batch": self.auto_batch,
               **{lever: self.loss == loss for lever, loss in LOSS_LEVERS.items()}}
         return "+".join(n for n in LEVER_NAMES if on[n]) or "none"
@@ -171,12 +175,11 @@ def make_steps(examples, batch: int, levers: Levers | None, seed: int = 0) -> li
     return [[examples[i] for i in order[s : s + batch]] for s in range(0, len(order), batch)]
 
 
-def collate_for(levers: Levers | None):
-    from harness.train import collate, collate_packed
+def collate_for(levers: Levers | None, pack_length: int):
+    from harness.train import collator
 
-    if levers is not None and levers.packing:
-        return collate_packed
-    return lambda chunk: collate(chunk, 0)
+    packing = levers is not None and levers.packing
+    return collator(packing, 0, None if (levers and levers.flex) or not pack_length else pack_length)
 
 
 def loss_for(levers: Levers | None, chunk_tokens: int):
@@ -254,19 +257,23 @@ def run_path(model, steps: list[list], levers: Levers | None, args, device: str,
     from harness import levers as lv_mod
 
     lv = levers or Levers()
+    if lv.flex:  # a fresh model per configuration: nothing to put back
+        from harness.fastloss import unwrap_causal_lm
+
+        unwrap_causal_lm(model).set_attn_implementation("flex_attention")
     if lv.grad_ckpt:
         lv_mod.enable_activation_checkpointing(model)
     if lv.compile:
         lv_mod.compile_decoder_layers(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = lv_mod.make_adamw(params, lr=1e-4, fused=lv.fused_adamw)
-    collate, loss_fn = collate_for(levers), loss_for(levers, args.chunk_tokens)
+    collate, loss_fn = collate_for(levers, args.pack_length), loss_for(levers, args.chunk_tokens)
     micro, accum, probe_s = len(steps[0]), 1, 0.0
     if lv.auto_batch:
         micro, accum, probe_s = _auto_micro_batch(model, steps, collate, loss_fn, device, args, lv, rank)
     memory = PeakMemory(device)
     memory.start()
-    warmup = args.warmup if args.warmup is not None else (4 if lv.compile else 2)
+    warmup = args.warmup if args.warmup is not None else (4 if lv.compile or lv.flex else 2)
     times, tokens = [], 0
     t_warm = time.perf_counter()
     for i in range(warmup + len(steps)):
@@ -320,7 +327,7 @@ def _sync(device: str) -> None:
 def configurations(args) -> list[Levers | None]:
     """None is the plain baseline."""
     ours = [parse_levers(c) for c in args.configs] if args.configs else [Levers(
-        bucket=args.bucket, packing=args.packing, loss=args.loss, compile=args.compile,
+        bucket=args.bucket, packing=args.packing, flex=args.flex, loss=args.loss, compile=args.compile,
         fused_adamw=args.fused_adamw, grad_ckpt=args.grad_ckpt, auto_batch=args.auto_batch)]
     return ([] if args.no_plain else [None]) + ours
 
@@ -432,6 +439,9 @@ def main() -> None:
     levers.add_argument("--chunk-tokens", type=int, default=2048, help="tokens per LM-head chunk")
     levers.add_argument("--bucket", action="store_true", help="length-bucketed padded batches")
     levers.add_argument("--packing", action="store_true")
+    levers.add_argument("--pack-length", type=int, default=256,
+                        help="tokens per packed row (train.max_seq_len's default); 0: one row per micro-batch")
+    levers.add_argument("--flex", action="store_true", help="flex_attention (packing: one row)")
     levers.add_argument("--compile", action="store_true")
     levers.add_argument("--fused-adamw", action="store_true")
     levers.add_argument("--grad-ckpt", action="store_true")

@@ -82,7 +82,7 @@ class TrainSpec(Spec):
     packing: bool = False
     pack_length: int | None = Field(default=None, ge=16)  # tokens per packed row (SDPA/eager/flex)
     # Attention kernel while training (evaluation keeps the model's default): auto = as loaded (SDPA);
-    # flash_attention_2/3 need the flash-attn package; flex_attention compiles on first use.
+    # flash_attention_2/3 need the flash-attn package; flex_attention compiles on first use. Both CUDA only.
     attention: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2",
                        "flash_attention_3"] = "auto"
     warmup_steps: int = Field(default=10, ge=0)
@@ -607,6 +607,9 @@ def _resource_problems(spec: SweepSpec) -> list[str]:
     if ranks and gpu != "auto" and gpu >= 2 and ranks != int(gpu):
         problems.append(f"resources.ranks: {ranks} processes for {gpu:g} GPUs per trial; a data-parallel "
                         "trial runs one process per GPU (leave ranks out, or make them equal)")
+    if gpu == 0 and spec.train.attention in ("flex_attention", "flash_attention_2", "flash_attention_3"):
+        problems.append(f"train.attention: {spec.train.attention} trains on CUDA GPUs only and this sweep "
+                        "runs on CPUs (resources.gpu 0); use sdpa, or give the trials GPUs")
     if spec.resources.ranks_per_trial() > 1 and spec.train.micro_batch == "auto":
         problems.append("train.micro_batch: auto probes one GPU's memory; with several ranks per trial "
                         "give a number (every rank must use the same micro-batch)")

@@ -65,7 +65,7 @@ def make_adamw(params: Iterable[nn.Parameter], lr: float, weight_decay: float = 
 
 
 @contextlib.contextmanager
-def attention_kernel(model: nn.Module, impl: str) -> Iterator[None]:
+def attention_kernel(model: nn.Module, impl: str, device: str = "cuda") -> Iterator[None]:
     """Run the block with transformers' attention implementation `impl` ("auto": as loaded), then put
     the loaded one back, so evaluation and generation keep the model's default kernel.
 
@@ -75,6 +75,9 @@ def attention_kernel(model: nn.Module, impl: str) -> Iterator[None]:
     if impl == "auto":
         yield
         return
+    if impl == "flex_attention" and not device.startswith("cuda"):
+        raise InputError("train.attention: flex_attention trains on CUDA only (torch has no CPU backward "
+                         "for it); use sdpa on CPUs")
     causal = unwrap_causal_lm(model)
     loaded = causal.config._attn_implementation
     try:

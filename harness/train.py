@@ -221,7 +221,7 @@ def train_lora(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: Tra
     adapted = as_adapted(model)
     torch.manual_seed(seed)
     examples = [encode_example(r, tokenizer, fmt, spec.max_seq_len, adapted.group_of(r)) for r in rows]
-    with attention_kernel(adapted.model, spec.attention):
+    with attention_kernel(adapted.model, spec.attention, device):
         return _train(adapted, examples, tokenizer.pad_token_id, spec, seed=seed, device=device,
                       on_log=on_log, dist=dist)
 

@@ -92,6 +92,8 @@ def test_overrides_change_the_spec_and_the_ids(tmp_path):
     (lambda r: r["train"].update(packing=True, pack_length=4096, attention="flash_attention_2"),
      r"train.pack_length: flash_attention_2 finds sample boundaries only in a single packed row"),
     (lambda r: r["train"].update(attention="flash"), r"train.attention: Input should be 'auto', 'sdpa'"),
+    (lambda r: (r["train"].update(attention="flex_attention"), r.setdefault("resources", {}).update(gpu=0)),
+     r"train.attention: flex_attention trains on CUDA GPUs only"),
 ])
 def test_bad_specs_name_the_field(mutate, expected):
     raw = yaml.safe_load(yaml.safe_dump(GOOD))

@@ -168,13 +168,17 @@ def test_packed_training_learns_the_same_whatever_the_rows_and_kernel(rows):
                                                             rows_of_max_seq_len.tokens_per_subtask)
 
 
-def test_an_attention_kernel_that_is_not_installed_is_named(tiny, rows):
+@pytest.mark.parametrize("attention, message", [
+    ("flash_attention_2", "train.attention: flash_attention_2 cannot run here"),
+    ("flex_attention", "train.attention: flex_attention trains on CUDA only"),
+])
+def test_an_attention_kernel_that_cannot_train_here_is_named(tiny, rows, attention, message):
     tokenizer, _ = tiny
     _, model, _ = load_base_model("builtin:tiny")
     model = attach(model, AdapterSpec(rank=4, alpha=8.0)).model
-    with pytest.raises(InputError, match="train.attention: flash_attention_2 cannot run here"):
-        train_lora(model, tokenizer, rows, TrainSpec(steps=1, attention="flash_attention_2"), seed=0,
-                   fmt="raw", device="cpu")
+    with pytest.raises(InputError, match=message):
+        train_lora(model, tokenizer, rows, TrainSpec(steps=1, attention=attention), seed=0, fmt="raw", device="cpu")
+    assert model.config._attn_implementation == "sdpa"
 
 
 def test_lora_training_lowers_the_loss_and_only_trains_the_adapter(rows):
