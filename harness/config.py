@@ -76,7 +76,7 @@ class TrainSpec(Spec):
     max_seq_len: int = Field(default=256, ge=16)  # tokens; longer examples are truncated from the left
     # Pack each micro-batch's samples into padding-free rows; position ids restart per sample, so no
     # sample attends across a boundary. SDPA and eager build a dense block-diagonal mask whose cost
-    # grows with the square of a row, so rows are bounded by pack_length (unset: max_seq_len).
+    # grows with the square of a row, so rows are bounded by pack_length (unset: the longest sample).
     # flash_attention_* and flex_attention skip the cross-sample blocks: one row per micro-batch
     # (flash finds boundaries only in a single row, so pack_length is refused with it).
     packing: bool = False

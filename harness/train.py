@@ -122,15 +122,22 @@ def collator(packing: bool, pad_id: int,
     return functools.partial(collate, pad_id=pad_id)
 
 
-def packed_row_length(spec: TrainSpec) -> int | None:
+def packed_row_length(spec: TrainSpec, longest: int) -> int | None:
     """Tokens per packed row: None (one row per micro-batch) where the attention kernel skips the
-    cross-sample blocks (flash varlen, flex block masks), else pack_length or max_seq_len, which bounds
-    the dense block-diagonal mask of SDPA/eager to what the longest padded batch would cost."""
+    cross-sample blocks (flash varlen, flex block masks); else train.pack_length, or by default the
+    longest training sample: SDPA/eager attend over a dense block-diagonal mask, so a row costs the
+    square of its length, and rows as long as the longest sample cost what its padded batch would.
+    (Measured on EC-Guide lengths: rows of the longest sample ran 1.6x plain, rows of 1024 tokens 1.3x,
+    one row per micro-batch 0.8x; bench/RESULTS.md.)"""
     if spec.attention.startswith("flash_attention"):
         return None
     if spec.attention == "flex_attention" and spec.pack_length is None:
         return None
-    return spec.pack_length or spec.max_seq_len
+    return spec.pack_length or longest
+
+
+def longest_sample(examples: list[Example]) -> int:
+    return max(len(e.input_ids) for e in examples)
 
 
 def pack_rows(batch: list[Example], pack_length: int | None) -> list[list[Example]]:
@@ -238,7 +245,7 @@ def _train(adapted: AdaptedModel, examples: list[Example], pad_id: int, spec: Tr
     opt = make_adamw(params, spec.lr, spec.weight_decay, fused=spec.fused_adamw and device.startswith("cuda"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(spec))
     batches = make_batches(examples, micro, seed, pad_id, spec.packing, dist, accum,
-                           pack_length=packed_row_length(spec))
+                           pack_length=packed_row_length(spec, longest_sample(examples)))
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     model.train()
@@ -289,7 +296,7 @@ def micro_batch_plan(loss_model: Any, examples: list[Example], spec: TrainSpec, 
     from harness.membudget import auto_micro_batch
 
     longest = sorted(examples, key=lambda e: len(e.input_ids), reverse=True)
-    collate_fn = collator(spec.packing, pad_id, packed_row_length(spec))
+    collate_fn = collator(spec.packing, pad_id, packed_row_length(spec, len(longest[0].input_ids)))
     micro, accum = auto_micro_batch(loss_model, lambda n: collate_fn(longest[:n]), spec.batch_size, device,
                                     rank=rank, tokens_per_sample=len(longest[0].input_ids),
                                     loss="plain" if spec.loss == "plain" else "chunked",

@@ -125,11 +125,11 @@ def test_samples_in_packed_rows_see_only_themselves(tiny, rows, kernel):
 
 
 def test_the_row_length_follows_the_attention_kernel():
-    assert packed_row_length(TrainSpec(packing=True, max_seq_len=256)) == 256
-    assert packed_row_length(TrainSpec(packing=True, pack_length=1024)) == 1024
-    assert packed_row_length(TrainSpec(packing=True, attention="flex_attention")) is None
-    assert packed_row_length(TrainSpec(packing=True, attention="flex_attention", pack_length=512)) == 512
-    assert packed_row_length(TrainSpec(packing=True, attention="flash_attention_2")) is None
+    assert packed_row_length(TrainSpec(packing=True, max_seq_len=256), longest=93) == 93
+    assert packed_row_length(TrainSpec(packing=True, pack_length=1024), longest=93) == 1024
+    assert packed_row_length(TrainSpec(packing=True, attention="flex_attention"), longest=93) is None
+    assert packed_row_length(TrainSpec(packing=True, attention="flex_attention", pack_length=512), 93) == 512
+    assert packed_row_length(TrainSpec(packing=True, attention="flash_attention_2"), longest=93) is None
 
 
 @pytest.mark.slow
@@ -159,13 +159,13 @@ def test_packed_training_learns_the_same_whatever_the_rows_and_kernel(rows):
                             log_every=1, packing=True, **layout), seed=0, fmt="raw", device="cpu")
         assert model.config._attn_implementation == "sdpa"  # the training kernel is put back
         return result
-    rows_of_max_seq_len = run()
+    rows_of_the_longest = run()
     for layout in ({"pack_length": 4096}, {"pack_length": 160, "attention": "eager"}):
         other = run(**layout)
-        assert [l for _, l in other.loss_curve] == pytest.approx([l for _, l in rows_of_max_seq_len.loss_curve],
+        assert [l for _, l in other.loss_curve] == pytest.approx([l for _, l in rows_of_the_longest.loss_curve],
                                                                  rel=1e-4)
-        assert (other.tokens, other.tokens_per_subtask) == (rows_of_max_seq_len.tokens,
-                                                            rows_of_max_seq_len.tokens_per_subtask)
+        assert (other.tokens, other.tokens_per_subtask) == (rows_of_the_longest.tokens,
+                                                            rows_of_the_longest.tokens_per_subtask)
 
 
 @pytest.mark.parametrize("attention, message", [
