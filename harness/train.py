@@ -127,8 +127,8 @@ def packed_row_length(spec: TrainSpec, longest: int) -> int | None:
     cross-sample blocks (flash varlen, flex block masks); else train.pack_length, or by default the
     longest training sample: SDPA/eager attend over a dense block-diagonal mask, so a row costs the
     square of its length, and rows as long as the longest sample cost what its padded batch would.
-    (Measured on EC-Guide lengths: rows of the longest sample ran 1.6x plain, rows of 1024 tokens 1.3x,
-    one row per micro-batch 0.8x; bench/RESULTS.md.)"""
+    (builtin:tiny shape on EC-Guide lengths, CPU: rows of the longest sample ran 1.6-2.0x plain, rows of
+    1024 tokens 1.3x, one row per micro-batch 0.8x; bench/RESULTS.md.)"""
     if spec.attention.startswith("flash_attention"):
         return None
     if spec.attention == "flex_attention" and spec.pack_length is None:
