@@ -93,26 +93,31 @@ def kernel(tiny, request):
     model.set_attn_implementation("sdpa")
 
 
-@pytest.mark.parametrize("kernel", ["sdpa", "eager"], indirect=True)
-@torch.no_grad()
-def test_bounded_packed_rows_give_the_padded_loss(tiny, rows, kernel):
+@pytest.fixture
+def packed(tiny, rows):
+    """(examples, row length, batch): rows of longest + shortest tokens, so some rows hold two samples
+    and some end in padding."""
     tokenizer, _ = tiny
     examples = [encode_example(r, tokenizer, "raw", 256) for r in rows]
     lengths = [len(e.input_ids) for e in examples]
+    length = max(lengths) + min(lengths)
+    return examples, length, collate_packed(examples, tokenizer.pad_token_id, pack_length=length)
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"], indirect=True)
+@torch.no_grad()
+def test_bounded_packed_rows_give_the_padded_loss(tiny, packed, kernel):
+    tokenizer, _ = tiny
+    examples, _, batch = packed
     padded = kernel(**collate(examples, tokenizer.pad_token_id), use_cache=False).loss
-    batch = collate_packed(examples, tokenizer.pad_token_id, pack_length=max(lengths) + min(lengths))
     assert 1 < batch["input_ids"].shape[0] < len(examples)  # several rows, some holding two samples
     assert kernel(**batch, use_cache=False).loss.item() == pytest.approx(padded.item(), rel=1e-4)
 
 
 @pytest.mark.parametrize("kernel", ["sdpa", "eager"], indirect=True)
 @torch.no_grad()
-def test_samples_in_packed_rows_see_only_themselves(tiny, rows, kernel):
-    tokenizer, _ = tiny
-    examples = [encode_example(r, tokenizer, "raw", 256) for r in rows]
-    lengths = [len(e.input_ids) for e in examples]
-    length = max(lengths) + min(lengths)
-    batch = collate_packed(examples, tokenizer.pad_token_id, pack_length=length)
+def test_samples_in_packed_rows_see_only_themselves(packed, kernel):
+    examples, length, batch = packed
     logits = kernel(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
     layout = pack_rows(examples, length)
     assert any(len(row) == 2 and sum(len(e.input_ids) for e in row) < logits.shape[1] for row in layout)
