@@ -37,6 +37,7 @@ import yaml
 from harness.config import SweepSpec, TrialSpec, baseline_trial, data_sets, expand_trials, search_metric
 from harness.errors import InputError
 from harness.results import TrialRecord, TrialStatus, load_records, read_record, write_scores_table
+from harness.tracking import shutdown_service
 from harness.trial import failed_record_for, run_trial, save_record, trial_dir
 
 log = logging.getLogger(__name__)
@@ -289,10 +290,13 @@ def _trainable(config: dict[str, Any], table: dict[str, Any] | None = None) -> N
         wandb = config["wandb"]
         meta = {"ray_node_id": ray.get_runtime_context().get_node_id(),
                 "tune_trial_id": tune.get_context().get_trial_id()}
-        record = run_trial(spec, results_dir, reporter=report, ranks=config.get("ranks", 1),
-                           wandb_mode=wandb["mode"],
-                           wandb_project=wandb["project"], wandb_entity=wandb["entity"],
-                           wandb_init_timeout=wandb["init_timeout"], meta=meta)
+        try:
+            record = run_trial(spec, results_dir, reporter=report, ranks=config.get("ranks", 1),
+                               wandb_mode=wandb["mode"],
+                               wandb_project=wandb["project"], wandb_entity=wandb["entity"],
+                               wandb_init_timeout=wandb["init_timeout"], meta=meta)
+        finally:
+            shutdown_service()
     tune.report({**outcome_metrics(record), **tag, "harness_done": True})
 
 

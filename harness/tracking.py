@@ -82,3 +82,18 @@ def start_trial_run(*, sweep: str, trial_id: str, cell_id: str, name: str, confi
         log.warning("W&B init failed (%s); the trial goes on and its record is written locally", exc)
         return TrialLogger()
     return TrialLogger(run)
+
+
+def shutdown_service() -> None:
+    """Stop this process's W&B service now, while it is still reachable. A Ray worker that leaves it to
+    wandb's exit hook prints "ConnectionResetError: Connection lost" at teardown (the service is gone
+    by then), which reads like a failed trial. No-op where wandb was never imported."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is None:
+        return
+    try:
+        wandb.teardown()
+    except Exception as exc:  # noqa: BLE001 - logging must never fail a trial
+        log.debug("wandb.teardown failed: %s", exc)

@@ -10,7 +10,7 @@ import pytest
 
 from harness.config import expand_trials, validate_sweep
 from harness.results import read_record
-from harness.tracking import TrialLogger, start_trial_run, wandb_run_id
+from harness.tracking import TrialLogger, shutdown_service, start_trial_run, wandb_run_id
 from harness.trial import run_trial
 
 SMALL = {"name": "track", "data": {"per_subtask": 8}, "eval": {"per_subtask": 1, "baseline": False},
@@ -124,3 +124,20 @@ def test_a_failing_run_disables_logging_instead_of_raising():
     assert not logger.active
     logger.summary({"a": 1})
     logger.finish()
+
+
+def test_a_run_after_the_service_shutdown_starts_a_new_service(tmp_path):
+    """What a Ray worker does after each trial (shutdown_service), and a later trial in the same process
+    (or `harness trial` in a loop) still logs."""
+    kwargs = dict(sweep="svc", cell_id="c1", name="n", config={}, project="divcap-test", entity=None,
+                  mode="offline", root=tmp_path)
+    for trial_id in ("aaaaaaaaaaaa", "bbbbbbbbbbbb"):
+        logger = start_trial_run(trial_id=trial_id, **kwargs)
+        assert logger.active
+        logger.log({"train/loss": 1.0}, step=1)
+        logger.finish()
+        shutdown_service()
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert [r.name.rsplit("-", 1)[-1] for r in runs] == ["aaaaaaaaaaaa", "bbbbbbbbbbbb"]
+    assert all(next(r.glob("*.wandb")).stat().st_size > 0 for r in runs)
+    shutdown_service()  # twice: nothing left to stop, no error
