@@ -277,9 +277,10 @@ def train_rank(payload: dict[str, Any], dist) -> None:
 
 def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, progress: "Progress", dist):
     """Out of memory is retried once with half the micro-batch and twice the accumulation: the same
-    steps (the same examples, the same token-weighted loss; see train.make_batches); the record lists
-    the retry. Not with several ranks (they would have to retry in step) nor with micro_batch auto
-    (its probe already chose what fits)."""
+    steps (the same examples, the same token-weighted loss; see train.make_batches), from the
+    adapter's initial weights again, so the retried run learns what that split learns from the start
+    however far the failed attempt got; the record lists the retry. Not with several ranks (they would
+    have to retry in step) nor with micro_batch auto (its probe already chose what fits)."""
     import torch
 
     from harness.capacity.adapters import attach
@@ -288,6 +289,7 @@ def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, 
     model = attach(model, spec.capacity)
     progress.start(model)
     _inject_model_faults(model, spec)
+    initial = [p.detach().clone() for p in model.trainable_parameters()]  # the adapter is small
     train_spec, retries = spec.train, []
     for attempt in range(2):
         try:
@@ -308,6 +310,9 @@ def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, 
             train_spec = train_spec.model_copy(update={"micro_batch": half,
                                                        "grad_accum": train_spec.grad_accum * 2})
             model.model.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for param, start in zip(model.trainable_parameters(), initial):
+                    param.copy_(start)
             progress.restart()
             _release(device)
     raise AssertionError("unreachable")

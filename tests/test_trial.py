@@ -90,6 +90,39 @@ def test_out_of_memory_retries_with_half_the_micro_batch(tmp_path, monkeypatch):
     assert record.train.retries == ["oom: micro_batch 8 -> 4, grad_accum 1 -> 2"]
 
 
+def test_an_out_of_memory_mid_training_restarts_from_the_initial_adapter(tmp_path, monkeypatch):
+    """The retry trains the whole run again from the adapter's initial weights (not from where the
+    failed attempt left them), so it learns what a run with the smaller micro-batch from the start does."""
+    from safetensors.torch import load_file
+
+    import harness.train
+
+    spec = _spec(steps=6, log_every=1)
+    clean = run_trial(_spec(steps=6, log_every=1, micro_batch=4, grad_accum=2), tmp_path / "clean",
+                      device="cpu", wandb_mode="disabled")
+    real_step, calls = harness.train._optimizer_step, []
+
+    def out_of_memory_at_step_4(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # the first attempt has made 3 optimiser steps by now
+            raise torch.OutOfMemoryError("a long batch at step 4")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(harness.train, "_optimizer_step", out_of_memory_at_step_4)
+    retried = run_trial(spec, tmp_path / "retried", device="cpu", wandb_mode="disabled")
+    assert clean.ok and retried.ok, (clean.train.reason, retried.train.reason)
+    assert retried.train.retries == ["oom: micro_batch 8 -> 4, grad_accum 1 -> 2"]
+    assert [s for s, _ in retried.train.loss_curve] == list(range(1, 7))
+    assert [l for _, l in retried.train.loss_curve] == pytest.approx([l for _, l in clean.train.loss_curve],
+                                                                     rel=1e-4)
+    for path in sorted((tmp_path / "clean" / clean.meta["adapter"]).rglob("*.safetensors")):
+        a = load_file(str(path))
+        b = load_file(str(tmp_path / "retried" / retried.meta["adapter"] / path.relative_to(
+            tmp_path / "clean" / clean.meta["adapter"])))
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4)
+
+
 SMALL = {**TINY, "data": {"per_subtask": 8}, "eval": {"per_subtask": 1, "baseline": False},
          "train": {"steps": 3, "micro_batch": 4, "max_seq_len": 128, "log_every": 1, "warmup_steps": 0}}
 
