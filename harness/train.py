@@ -345,8 +345,10 @@ def _peak_mem_mb(device: str) -> float:
 def eval_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: TrainSpec, *,
               fmt: PromptFormat, device: str, batch_size: int = 32) -> float:
     """Mean response-token loss on rows (the held-out loss that early stopping watches), each row
-    through the adapters the family routes it to at evaluation."""
+    through the adapters the family routes it to at evaluation. Computed as training computes it
+    (train.loss): the chunked loss never holds a batch's full-vocabulary logits."""
     adapted = as_adapted(model)
+    loss_of = ChunkedLossModel(adapted.model, spec.loss_chunk_tokens) if spec.loss != "plain" else adapted.model
     total, count = 0.0, 0
     for group, members in group_rows(adapted, rows).items():
         adapted.route(group)
@@ -355,7 +357,7 @@ def eval_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: Trai
             batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size],
                                                          tokenizer.pad_token_id).items()}
             n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-            total += adapted.model(**batch, use_cache=False).loss.item() * n
+            total += loss_of(**batch, use_cache=False).loss.item() * n
             count += n
     return total / max(count, 1)
 

@@ -259,3 +259,12 @@ def test_steps_are_effective_batches_with_token_shares():
     labelled = [int((m.batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for m in step]
     assert [m.share for m in step] == pytest.approx([n / sum(labelled) for n in labelled])
     assert [m.tokens for m in step] == [int(m.batch["attention_mask"].sum()) for m in step]
+
+
+def test_held_out_loss_is_the_same_with_the_chunked_loss(tiny, rows):
+    from harness.train import eval_loss
+
+    tokenizer, model = tiny
+    losses = [eval_loss(model, tokenizer, rows, TrainSpec(loss=loss), fmt="raw", device="cpu", batch_size=4)
+              for loss in ("plain", "chunked")]
+    assert 0 < losses[0] < 20 and losses[1] == pytest.approx(losses[0], rel=1e-5)
