@@ -95,7 +95,10 @@ class TrainSpec(Spec):
     loss: Literal["plain", "chunked", "fused"] = "chunked"
     loss_chunk_tokens: int = Field(default=2048, ge=64)  # labelled positions per head + loss chunk
     compile: bool = False  # torch.compile each decoder layer (CUDA only; a cold compile costs minutes)
-    grad_checkpointing: bool = False  # recompute activations in the backward: less memory, ~30% slower
+    # Recompute activations in the backward: less memory, ~30% slower. auto: only where memory requires
+    # it, i.e. when not even one sample fits (micro_batch auto's probe) or an out-of-memory persists at
+    # micro-batch 1 (the retry); never on CPUs.
+    grad_checkpointing: Union[bool, Literal["auto"]] = "auto"
     fused_adamw: bool = True  # one fused AdamW kernel (CUDA only; the CPU keeps foreach)
     # Bookkeeping below: none of it changes what a trial learns, so none of it enters trial ids.
     keep_checkpoints: int = Field(default=1, ge=0)  # LoRA adapters kept per trial: 1 = the final one, 0 = none

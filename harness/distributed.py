@@ -129,16 +129,16 @@ class DistContext:
 
     def micro_loss(self, model: Any, batch: dict) -> Any:
         """Forward one micro-batch from `local_batch` and return the loss to backpropagate: the
-        model's mean loss times the batch's weight. At weight 0 (nothing of this rank's counts),
-        a zero that still touches every trainable weight, because DDP all-reduces each one in
-        every backward and a mean over no tokens would be NaN."""
+        model's mean loss times the batch's weight. At weight 0 (nothing of this rank's counts; the
+        stand-in is one real example, so its loss is finite) that is a zero through the same graph
+        as a real batch: DDP gets a backward over exactly the weights the forward used, and with
+        find_unused_parameters (multi_lora) it marks the other groups' weights itself; a zero that
+        touched every weight directly would mark those twice."""
         weight = batch.get("loss_weight")
         out = model(**{k: v for k, v in batch.items() if k != "loss_weight"}, use_cache=False)
         if weight is None:
             return out.loss
-        if float(weight) > 0:
-            return out.loss * weight.to(out.loss.device)
-        return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+        return out.loss * weight.to(out.loss.device)
 
     def accumulate(self, model: Any, index: int, count: int):
         """Context for micro-batch `index` of `count` in one optimiser step: gradients are

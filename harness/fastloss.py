@@ -68,11 +68,28 @@ def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     head = get_head() if callable(get_head) else None
     if decoder is None or head is None:
         raise TypeError(f"{type(causal).__name__} has no decoder/lm_head pair; use model(**batch).loss")
-    config = getattr(causal, "config", None)
-    for attr in ("final_logit_softcapping", "logit_scale"):  # Gemma 2, Cohere: logits are post-processed
-        if getattr(config, attr, None) not in (None, 1, 1.0):
-            raise NotImplementedError(f"{attr}={getattr(config, attr)} is not applied by the chunked loss")
+    problem = logits_postprocessing(causal)
+    if problem:
+        raise NotImplementedError(f"{problem} is not applied by the chunked loss; use train.loss: plain")
     return decoder, head
+
+
+# Config fields with which a transformers causal LM changes its logits after the LM head (softcapping,
+# scaling), which the chunked loss does not repeat: Gemma 2/3, Cohere, Granite and HyperCLOVA X
+# (logits_scaling: divided by one, multiplied by the other), Falcon-H1, Muse. Checked on the config and
+# its text_config (multimodal wrappers).
+LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier",
+                        "output_multiplier")
+
+
+def logits_postprocessing(model: nn.Module) -> str | None:
+    """"field=value" when `model` post-processes its logits in a way the chunked loss would miss, else None."""
+    config = getattr(unwrap_causal_lm(model), "config", None)
+    for cfg in (config, getattr(config, "text_config", None)):
+        for attr in LOGIT_POSTPROCESSING:
+            if getattr(cfg, attr, None) not in (None, 1, 1.0):
+                return f"{attr}={getattr(cfg, attr)}"
+    return None
 
 
 def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk_tokens: int = 2048, *,

@@ -70,6 +70,9 @@ class TrainInfo(_Model):
     adapter_bytes: int = 0  # the saved adapter's size on disk (0: not saved)
     loss_curve: list[tuple[int, float]] = Field(default_factory=list)  # (step, train loss)
     retries: list[str] = Field(default_factory=list)  # e.g. "oom: micro_batch 8 -> 4"
+    # How the steps ran: micro_batch, grad_accum, grad_checkpointing, packing, attention (what the
+    # auto settings and any out-of-memory retry chose; none of it changes what is learnt)
+    layout: dict[str, Any] = Field(default_factory=dict)
 
 
 class TaskScore(_Model):

@@ -22,7 +22,7 @@ import torch
 from harness.capacity.adapters import AdaptedModel
 from harness.config import TrainSpec
 from harness.distributed import DistContext, loss_terms
-from harness.fastloss import IGNORE_INDEX, ChunkedLossModel
+from harness.fastloss import IGNORE_INDEX, ChunkedLossModel, logits_postprocessing
 from harness.levers import attention_kernel, compile_decoder_layers, enable_activation_checkpointing, make_adamw
 from harness.prompting import PromptFormat, format_prompt, render_answer
 
@@ -45,6 +45,8 @@ class TrainResult:
     trainable_params: int
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
     tokens_per_subtask: dict[str, int] = field(default_factory=dict)
+    # How the steps ran (what micro_batch / grad_checkpointing auto chose): the same learning either way
+    layout: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -238,8 +240,8 @@ def _train(adapted: AdaptedModel, examples: list[Example], pad_id: int, spec: Tr
     model = adapted.model
     params = adapted.trainable_parameters()
     loss_model = apply_levers(model, spec, device)
-    micro, accum = micro_batch_plan(loss_model, examples, spec, pad_id, device,
-                                    rank=adapted.spec.rank if adapted.spec else 16)
+    micro, accum, checkpointing = micro_batch_plan(loss_model, examples, spec, pad_id, device,
+                                                   rank=adapted.spec.rank if adapted.spec else 16)
     # multi_lora leaves the other groups' adapters out of each micro-batch: DDP must be told
     net = dist.wrap(loss_model, find_unused_parameters=len({e.group for e in examples}) > 1)
     opt = make_adamw(params, spec.lr, spec.weight_decay, fused=spec.fused_adamw and device.startswith("cuda"))
@@ -271,38 +273,66 @@ def _train(adapted: AdaptedModel, examples: list[Example], pad_id: int, spec: Tr
         tokens_per_s=seen_tokens / wall if wall else 0.0, peak_mem_mb=_peak_mem_mb(device),
         trainable_params=sum(p.numel() for p in params), loss_curve=curve,
         tokens_per_subtask=_tokens_per_subtask(examples),
+        layout={"micro_batch": micro, "grad_accum": accum, "grad_checkpointing": checkpointing,
+                "packing": spec.packing, "attention": spec.attention},
     )
 
 
 def apply_levers(model: Any, spec: TrainSpec, device: str) -> Any:
     """The speed and memory levers of train.*; returns the module whose forward gives the loss (the
     chunked-loss wrapper, so DDP wraps the whole loss computation)."""
-    if spec.grad_checkpointing:
+    if spec.grad_checkpointing is True:  # "auto" turns it on later, only if memory requires it
         enable_activation_checkpointing(model)
     if spec.compile and device.startswith("cuda"):
         compile_decoder_layers(model)
-    if spec.loss == "plain":
+    if not uses_chunked_loss(model, spec):
         return model
     return ChunkedLossModel(model, spec.loss_chunk_tokens, "fused" if spec.loss == "fused" else "checkpoint")
 
 
+def uses_chunked_loss(model: Any, spec: TrainSpec) -> bool:
+    """train.loss chunked/fused, unless the model post-processes its logits (Granite's logits_scaling,
+    Gemma 2's softcapping, ...): then the plain loss, with a warning, rather than a wrong objective."""
+    if spec.loss == "plain":
+        return False
+    problem = logits_postprocessing(model)
+    if problem:
+        log.warning("train.loss %s: the model sets %s, which the chunked loss does not apply; using the "
+                    "plain loss (slower, more memory)", spec.loss, problem)
+    return problem is None
+
+
 def micro_batch_plan(loss_model: Any, examples: list[Example], spec: TrainSpec, pad_id: int,
-                     device: str, rank: int) -> tuple[int, int]:
-    """(micro_batch, grad_accum): as the spec says, or for micro_batch auto the largest micro-batch of
-    the longest samples that fits the device (harness.membudget), with the accumulation that keeps
-    train.batch_size sequences per step exactly."""
+                     device: str, rank: int) -> tuple[int, int, bool]:
+    """(micro_batch, grad_accum, activation checkpointing on): as the spec says, or for micro_batch
+    auto the largest micro-batch of the longest samples that fits the device (harness.membudget),
+    with the accumulation that keeps train.batch_size sequences per step exactly. With
+    grad_checkpointing auto, checkpointing is turned on only when not even one sample fits without it."""
+    checkpointing = spec.grad_checkpointing is True
     if spec.micro_batch != "auto":
-        return spec.micro_batch, spec.grad_accum
+        return spec.micro_batch, spec.grad_accum, checkpointing
     from harness.membudget import auto_micro_batch
 
     longest = sorted(examples, key=lambda e: len(e.input_ids), reverse=True)
     collate_fn = collator(spec.packing, pad_id, packed_row_length(spec, len(longest[0].input_ids)))
-    micro, accum = auto_micro_batch(loss_model, lambda n: collate_fn(longest[:n]), spec.batch_size, device,
-                                    rank=rank, tokens_per_sample=len(longest[0].input_ids),
-                                    loss="plain" if spec.loss == "plain" else "chunked",
-                                    grad_ckpt=spec.grad_checkpointing, chunk_tokens=spec.loss_chunk_tokens)
-    log.info("micro_batch auto: %d x %d accumulation steps", micro, accum)
-    return micro, accum
+
+    def plan(ckpt: bool) -> tuple[int, int]:
+        return auto_micro_batch(loss_model, lambda n: collate_fn(longest[:n]), spec.batch_size, device,
+                                rank=rank, tokens_per_sample=len(longest[0].input_ids),
+                                loss="chunked" if isinstance(loss_model, ChunkedLossModel) else "plain",
+                                grad_ckpt=ckpt, chunk_tokens=spec.loss_chunk_tokens)
+    try:
+        micro, accum = plan(checkpointing)
+    except MemoryError:
+        if spec.grad_checkpointing != "auto":
+            raise
+        log.warning("micro_batch auto: one sample does not fit without activation checkpointing; turning it on")
+        enable_activation_checkpointing(loss_model.model if isinstance(loss_model, ChunkedLossModel) else loss_model)
+        checkpointing = True
+        micro, accum = plan(checkpointing)
+    log.info("micro_batch auto: %d x %d accumulation steps%s", micro, accum,
+             ", activation checkpointing" if checkpointing else "")
+    return micro, accum, checkpointing
 
 
 def _optimizer_step(adapted: AdaptedModel, net: Any, batches, device: str,
@@ -348,7 +378,8 @@ def eval_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: Trai
     through the adapters the family routes it to at evaluation. Computed as training computes it
     (train.loss): the chunked loss never holds a batch's full-vocabulary logits."""
     adapted = as_adapted(model)
-    loss_of = ChunkedLossModel(adapted.model, spec.loss_chunk_tokens) if spec.loss != "plain" else adapted.model
+    chunked = uses_chunked_loss(adapted.model, spec)
+    loss_of = ChunkedLossModel(adapted.model, spec.loss_chunk_tokens) if chunked else adapted.model
     total, count = 0.0, 0
     for group, members in group_rows(adapted, rows).items():
         adapted.route(group)

@@ -229,3 +229,25 @@ def test_cuda_bf16_matches_transformers(impl):
         for got, want in zip(grads, ref_grads):
             cos = torch.nn.functional.cosine_similarity(got.float().flatten(), want.float().flatten(), dim=0)
             assert cos > 0.99, layout
+
+
+def test_a_model_that_scales_its_logits_trains_with_the_plain_loss():
+    """Granite divides its logits by config.logits_scaling after the head; the chunked loss would
+    train on logits 8x too flat, so the trainer falls back to transformers' own loss."""
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    from harness.config import TrainSpec
+    from harness.fastloss import causal_lm_parts, logits_postprocessing
+    from harness.train import apply_levers, uses_chunked_loss
+
+    config = GraniteConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, logits_scaling=8.0)
+    torch.manual_seed(0)
+    model = GraniteForCausalLM(config)
+    assert logits_postprocessing(model) == "logits_scaling=8.0"
+    with pytest.raises(NotImplementedError, match="logits_scaling=8.0 is not applied"):
+        causal_lm_parts(model)
+    assert not uses_chunked_loss(model, TrainSpec(loss="chunked"))
+    assert apply_levers(model, TrainSpec(loss="fused"), "cpu") is model  # model(**batch).loss: the right one
+    config.logits_scaling = 1.0
+    assert logits_postprocessing(model) is None and uses_chunked_loss(model, TrainSpec(loss="chunked"))

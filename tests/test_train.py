@@ -268,3 +268,31 @@ def test_held_out_loss_is_the_same_with_the_chunked_loss(tiny, rows):
     losses = [eval_loss(model, tokenizer, rows, TrainSpec(loss=loss), fmt="raw", device="cpu", batch_size=4)
               for loss in ("plain", "chunked")]
     assert 0 < losses[0] < 20 and losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+def test_checkpointing_auto_turns_on_only_when_one_sample_does_not_fit(rows, monkeypatch):
+    """micro_batch auto on a device where one sample fits only with activation checkpointing (the
+    CUDA probe is stood in for: this machine has no GPU; tests/test_membudget.py covers the probe)."""
+    import harness.membudget
+    from harness.train import ChunkedLossModel, micro_batch_plan
+
+    asked = []
+
+    def probe(model, sample_batch_fn, effective, device, *, grad_ckpt, **kwargs):
+        asked.append(grad_ckpt)
+        if not grad_ckpt:
+            raise MemoryError("even micro-batch 1 does not fit")
+        return 2, effective // 2
+
+    monkeypatch.setattr(harness.membudget, "auto_micro_batch", probe)
+    tokenizer, model, _ = load_base_model("builtin:tiny")
+    model = attach(model, AdapterSpec(rank=4, alpha=8.0)).model
+    examples = [encode_example(r, tokenizer, "raw", 128) for r in rows]
+    spec = TrainSpec(micro_batch="auto", batch_size=8)
+    assert micro_batch_plan(ChunkedLossModel(model), examples, spec, 0, "cuda", rank=4) == (2, 4, True)
+    assert asked == [False, True] and model.is_activation_checkpointing
+    asked.clear()
+    with pytest.raises(MemoryError):  # grad_checkpointing false: the researcher said no
+        micro_batch_plan(ChunkedLossModel(model), examples, spec.model_copy(update={"grad_checkpointing": False}),
+                         0, "cuda", rank=4)
+    assert asked == [False]
