@@ -225,9 +225,9 @@ def test_auto_micro_batch_keeps_the_batch_size_on_the_cpu():
     tokenizer, model, _ = load_base_model("builtin:tiny")
     examples = [encode_example(r, tokenizer, "raw", 128) for r in synthetic.generate_rows("query_ner", "train", 8)]
     spec = TrainSpec(micro_batch="auto", batch_size=24)
-    assert micro_batch_plan(model, examples, spec, tokenizer.pad_token_id, "cpu", rank=4) == (24, 1)
+    assert micro_batch_plan(model, examples, spec, tokenizer.pad_token_id, "cpu", rank=4) == (24, 1, False)
     assert micro_batch_plan(model, examples, TrainSpec(micro_batch=8, grad_accum=3),
-                            tokenizer.pad_token_id, "cpu", rank=4) == (8, 3)
+                            tokenizer.pad_token_id, "cpu", rank=4) == (8, 3, False)
 
 
 def test_splitting_a_step_into_micro_batches_does_not_change_training():
