@@ -39,8 +39,8 @@ class TrainResult:
     steps: int
     tokens: int  # supervised (response) tokens seen
     final_loss: float
-    wall_s: float
-    tokens_per_s: float  # all tokens through the model (prompt + response) per second
+    wall_s: float  # the whole loop, loss reports included
+    tokens_per_s: float  # all tokens through the model (prompt + response) per second of training steps
     peak_mem_mb: float
     trainable_params: int
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
@@ -252,6 +252,7 @@ def _train(adapted: AdaptedModel, examples: list[Example], pad_id: int, spec: Tr
         torch.cuda.reset_peak_memory_stats()
     model.train()
     start, seen_tokens, sup_tokens, curve, loss_val = time.perf_counter(), 0, 0, [], float("nan")
+    reporting = 0.0  # seconds in on_log (held-out loss, intermediate adapters): not training throughput
     for step in range(1, spec.steps + 1):
         loss_val, n_tok, n_sup = dist.reduce_step(*_optimizer_step(adapted, net, batches, device, dist))
         if not math.isfinite(loss_val):
@@ -265,12 +266,15 @@ def _train(adapted: AdaptedModel, examples: list[Example], pad_id: int, spec: Tr
         if step % spec.log_every == 0 or step == spec.steps:
             curve.append((step, loss_val))
             if on_log and dist.is_main:
+                began = time.perf_counter()
                 on_log(step, loss_val)
+                reporting += time.perf_counter() - began
     model.eval()
     wall = time.perf_counter() - start
     return TrainResult(
         steps=spec.steps, tokens=sup_tokens, final_loss=loss_val, wall_s=wall,
-        tokens_per_s=seen_tokens / wall if wall else 0.0, peak_mem_mb=_peak_mem_mb(device),
+        tokens_per_s=seen_tokens / (wall - reporting) if wall > reporting else 0.0,
+        peak_mem_mb=_peak_mem_mb(device),
         trainable_params=sum(p.numel() for p in params), loss_curve=curve,
         tokens_per_subtask=_tokens_per_subtask(examples),
         layout={"micro_batch": micro, "grad_accum": accum, "grad_checkpointing": checkpointing,

@@ -230,6 +230,7 @@ class TrainingRun:
                                wall_s=result.wall_s, tokens_per_s=result.tokens_per_s,
                                peak_mem_mb=result.peak_mem_mb, trainable_params=result.trainable_params,
                                adapter_bytes=adapter_bytes, loss_curve=result.loss_curve, retries=retries,
+                               layout=result.layout,
                                **progress.curve_info())
         return model, data_info, train_info, artifacts
 
@@ -276,11 +277,12 @@ def train_rank(payload: dict[str, Any], dist) -> None:
 
 
 def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, progress: "Progress", dist):
-    """Out of memory is retried once with half the micro-batch and twice the accumulation: the same
-    steps (the same examples, the same token-weighted loss; see train.make_batches), from the
-    adapter's initial weights again, so the retried run learns what that split learns from the start
-    however far the failed attempt got; the record lists the retry. Not with several ranks (they would
-    have to retry in step) nor with micro_batch auto (its probe already chose what fits)."""
+    """Out of memory is retried with a smaller split of the same step: half the micro-batch and the
+    accumulation that keeps micro_batch x grad_accum exactly (the same examples, the same token-weighted
+    loss; see train.make_batches), down to micro-batch 1; then, with grad_checkpointing auto, with
+    activation checkpointing on. Each retry starts again from the adapter's initial weights, so the
+    run learns what that split learns from the start however far the failed attempt got; the record
+    lists the retries. Not with several ranks (they would have to retry in step)."""
     import torch
 
     from harness.capacity.adapters import attach
@@ -291,31 +293,44 @@ def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, 
     _inject_model_faults(model, spec)
     initial = [p.detach().clone() for p in model.trainable_parameters()]  # the adapter is small
     train_spec, retries = spec.train, []
-    for attempt in range(2):
+    while True:
         try:
             inject_fault(spec, "kill")
             inject_fault(spec, "raise")
-            if attempt == 0:
+            if not retries:
                 inject_fault(spec, "oom")
             result = train_lora(model, tokenizer, rows, train_spec, seed=spec.seed, fmt=fmt,
                                 device=device, on_log=progress, dist=dist)
             return model, result, retries
         except torch.OutOfMemoryError as exc:
-            if attempt == 1 or train_spec.micro_batch in (1, "auto") or dist.world > 1:
+            smaller = None if dist.world > 1 else smaller_split(train_spec)
+            if smaller is None:
                 raise
             traceback.clear_frames(exc.__traceback__)  # drop the failed step's activations
-            half = train_spec.micro_batch // 2
-            retries.append(f"oom: micro_batch {train_spec.micro_batch} -> {half}, "
-                           f"grad_accum {train_spec.grad_accum} -> {train_spec.grad_accum * 2}")
-            train_spec = train_spec.model_copy(update={"micro_batch": half,
-                                                       "grad_accum": train_spec.grad_accum * 2})
+            train_spec, change = smaller
+            retries.append(f"oom: {change}")
             model.model.zero_grad(set_to_none=True)
             with torch.no_grad():
                 for param, start in zip(model.trainable_parameters(), initial):
                     param.copy_(start)
             progress.restart()
             _release(device)
-    raise AssertionError("unreachable")
+
+
+def smaller_split(train: Any) -> tuple[Any, str] | None:
+    """(the train spec to retry an out-of-memory with, what changed), or None when nothing is left:
+    half the micro-batch with the same examples per step, then activation checkpointing (auto)."""
+    from harness.membudget import split_effective_batch
+
+    micro = train.micro_batch
+    if isinstance(micro, int) and micro > 1:
+        effective = micro * train.grad_accum
+        new_micro, accum = split_effective_batch(effective, micro // 2)
+        return (train.model_copy(update={"micro_batch": new_micro, "grad_accum": accum}),
+                f"micro_batch {micro} -> {new_micro}, grad_accum {train.grad_accum} -> {accum}")
+    if train.grad_checkpointing == "auto":
+        return train.model_copy(update={"grad_checkpointing": True}), "activation checkpointing on"
+    return None
 
 
 def validation_rows(spec: TrialSpec) -> list[dict[str, Any]]:
@@ -353,9 +368,16 @@ class Progress:
         self.model = model
         self.restart()
 
+    @property
+    def staging(self) -> Path:
+        """Where an attempt keeps its intermediate adapters. The adapter directory itself is replaced
+        only when the final adapter is saved, so a re-run that fails never deletes the adapter that
+        the kept (successful) record points at."""
+        return self.adapters.with_name(self.adapters.name + ".partial")
+
     def restart(self) -> None:
         """A fresh attempt (also after an OOM retry): no stale adapters or losses from before."""
-        shutil.rmtree(self.adapters, ignore_errors=True)
+        shutil.rmtree(self.staging, ignore_errors=True)
         self.eval_curve, self.saved = [], []
 
     def __call__(self, step: int, loss: float) -> None:
@@ -374,8 +396,9 @@ class Progress:
 
         was_training = model.model.training
         model.model.eval()  # no dropout: the loss is comparable across steps and consumes no random numbers
+        micro = self.spec.train.micro_batch  # what fits for training fits without gradients
         value = eval_loss(model, self.tokenizer, self.rows, self.spec.train, fmt=self.fmt,
-                          device=self.device)
+                          device=self.device, batch_size=micro if isinstance(micro, int) else 8)
         model.model.train(was_training)
         self.eval_curve.append((step, value))
         return value
@@ -397,7 +420,7 @@ class Progress:
         if (train.checkpoint_every is None or train.keep_checkpoints < 2 or step % train.checkpoint_every
                 or step >= train.steps):
             return
-        path = self.adapters / f"step-{step:06d}"
+        path = self.staging / f"step-{step:06d}"
         self.model.save(path)
         self.saved.append(path)
         for old in self.saved[: -(train.keep_checkpoints - 1)]:  # the final adapter is the last kept
@@ -407,13 +430,22 @@ class Progress:
     def save_final(self, model: Any) -> tuple[dict[str, Any], int]:
         """Save the final adapter (before evaluation: a crash there keeps the weights); returns the
         record's artifact entries, as paths relative to the results directory, and its bytes on
-        disk. With keep_checkpoints 0 the adapter is measured in a scratch directory, then dropped."""
+        disk (the final adapter alone, not the intermediate ones kept beside it). With
+        keep_checkpoints 0 the adapter is measured in a scratch directory, then dropped."""
         if self.spec.train.keep_checkpoints < 1:
             import tempfile
 
             with tempfile.TemporaryDirectory() as scratch:
                 return {}, model.save(Path(scratch))
-        size = model.save(self.adapters)
+        final = self.adapters.with_name(self.adapters.name + ".final")
+        shutil.rmtree(final, ignore_errors=True)
+        size = model.save(final)
+        for checkpoint in self.saved:
+            checkpoint.rename(final / checkpoint.name)
+        shutil.rmtree(self.adapters, ignore_errors=True)
+        final.rename(self.adapters)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.saved = [self.adapters / p.name for p in self.saved]
         root = self.adapters.parent.parent
         return {"adapter": str(self.adapters.relative_to(root)),
                 "adapter_checkpoints": [str(p.relative_to(root)) for p in self.saved]}, size

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from harness.config import baseline_trial, expand_trials, validate_sweep
+from harness.config import TrainSpec, baseline_trial, expand_trials, validate_sweep
 from harness.results import RunInfo, TrainInfo, TrialRecord, TrialStatus, read_record
 from harness.trial import run_trial, save_record
 
@@ -176,9 +176,45 @@ def test_adapters_held_out_loss_and_reports(tmp_path, model_refs):
     assert [s for s, _ in curve] == [1, 2, 3] and record.train.eval_loss == curve[-1][1]
     assert _all_released(model_refs), "the model outlived its trial: the next trial on this worker pays"
 
+    # adapter_bytes is the final adapter alone, as with no intermediate ones kept
+    final_files = sum(f.stat().st_size for f in adapters.iterdir() if f.is_file())
+    assert record.train.adapter_bytes == final_files
+    assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == [spec.trial_id]  # no staging left
+
     none = _small(keep_checkpoints=0)
     assert run_trial(none, tmp_path / "b", device="cpu", wandb_mode="disabled").ok
     assert not (tmp_path / "b" / "adapters" / none.trial_id).exists()
+
+
+def test_a_failed_rerun_keeps_the_adapter_of_the_kept_success(tmp_path, monkeypatch):
+    spec = _small()
+    first = run_trial(spec, tmp_path, device="cpu", wandb_mode="disabled")
+    adapter = tmp_path / first.meta["adapter"] / "adapter_model.safetensors"
+    before = adapter.read_bytes()
+    monkeypatch.setenv("HARNESS_FAULTS", f"raise:{spec.trial_id}")
+    again = run_trial(spec, tmp_path, device="cpu", wandb_mode="disabled")
+    assert first.ok and not again.ok
+    kept = read_record(tmp_path / "trials" / f"{spec.trial_id}.json")
+    assert kept.ok and (tmp_path / kept.meta["adapter"] / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_out_of_memory_at_micro_batch_1_retries_with_activation_checkpointing(tmp_path, monkeypatch):
+    from harness.trial import smaller_split
+
+    spec = _small(micro_batch=1, grad_accum=4)
+    monkeypatch.setenv("HARNESS_FAULTS", f"oom:{spec.trial_id}")
+    record = run_trial(spec, tmp_path, device="cpu", wandb_mode="disabled")
+    assert record.ok, record.train.reason
+    assert record.train.retries == ["oom: activation checkpointing on"]
+    assert record.train.layout == {"micro_batch": 1, "grad_accum": 4, "grad_checkpointing": True,
+                                   "packing": False, "attention": "auto"}
+    # the split shrinks with the same examples per step, odd sizes included; then nothing is left
+    assert smaller_split(TrainSpec(micro_batch=5, grad_accum=2))[1] == "micro_batch 5 -> 2, grad_accum 2 -> 5"
+    for micro, accum in ((3, 1), (5, 2), (7, 1), (8, 1), (6, 3)):
+        smaller, _ = smaller_split(TrainSpec(micro_batch=micro, grad_accum=accum))
+        assert smaller.micro_batch <= micro // 2 and smaller.micro_batch * smaller.grad_accum == micro * accum
+    assert smaller_split(TrainSpec(micro_batch=1, grad_checkpointing=True)) is None
+    assert smaller_split(TrainSpec(micro_batch=1, grad_checkpointing=False)) is None
 
 
 def test_nan_fault_is_a_real_nan_loss(tmp_path, monkeypatch, model_refs):
