@@ -240,6 +240,7 @@ def _train(adapted: AdaptedModel, examples: list[Example], pad_id: int, spec: Tr
     model = adapted.model
     params = adapted.trainable_parameters()
     loss_model = apply_levers(model, spec, device)
+    model.train()  # before the micro-batch probe: dropout and checkpointing act in train mode only
     micro, accum, checkpointing = micro_batch_plan(loss_model, examples, spec, pad_id, device,
                                                    rank=adapted.spec.rank if adapted.spec else 16)
     # multi_lora leaves the other groups' adapters out of each micro-batch: DDP must be told
@@ -250,7 +251,6 @@ def _train(adapted: AdaptedModel, examples: list[Example], pad_id: int, spec: Tr
                            pack_length=packed_row_length(spec, longest_sample(examples)))
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    model.train()
     start, seen_tokens, sup_tokens, curve, loss_val = time.perf_counter(), 0, 0, [], float("nan")
     reporting = 0.0  # seconds in on_log (held-out loss, intermediate adapters): not training throughput
     for step in range(1, spec.steps + 1):
