@@ -50,7 +50,7 @@ class RunInfo(_Model):
 class DataInfo(_Model):
     fingerprint: str = ""
     examples: dict[str, int] = Field(default_factory=dict)  # rows per subtask
-    tokens: dict[str, int] = Field(default_factory=dict)  # the mixture's tokens per subtask (prompt + answer, as encoded)
+    tokens: dict[str, int] = Field(default_factory=dict)  # the mixture's tokens per subtask (prompt + answer)
     diversity: dict[str, float] = Field(default_factory=dict)  # n_domains, n_subtasks, entropy, ...
     contaminated_removed: int = 0
     skipped_rows: dict[str, int] = Field(default_factory=dict)  # bad rows skipped, per source file

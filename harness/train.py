@@ -290,20 +290,17 @@ def apply_levers(model: Any, spec: TrainSpec, device: str) -> Any:
     if spec.compile and device.startswith("cuda"):
         compile_decoder_layers(model)
     if not uses_chunked_loss(model, spec):
+        if spec.loss != "plain":  # once per training run, not at every held-out loss
+            log.warning("train.loss %s: the model sets %s, which the chunked loss does not apply; using "
+                        "the plain loss (slower, more memory)", spec.loss, logits_postprocessing(model))
         return model
     return ChunkedLossModel(model, spec.loss_chunk_tokens, "fused" if spec.loss == "fused" else "checkpoint")
 
 
 def uses_chunked_loss(model: Any, spec: TrainSpec) -> bool:
     """train.loss chunked/fused, unless the model post-processes its logits (Granite's logits_scaling,
-    Gemma 2's softcapping, ...): then the plain loss, with a warning, rather than a wrong objective."""
-    if spec.loss == "plain":
-        return False
-    problem = logits_postprocessing(model)
-    if problem:
-        log.warning("train.loss %s: the model sets %s, which the chunked loss does not apply; using the "
-                    "plain loss (slower, more memory)", spec.loss, problem)
-    return problem is None
+    Gemma 2's softcapping, ...): then the plain loss rather than a wrong objective."""
+    return spec.loss != "plain" and logits_postprocessing(model) is None
 
 
 def micro_batch_plan(loss_model: Any, examples: list[Example], spec: TrainSpec, pad_id: int,

@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from harness.config import TrialSpec
+from harness.config import TrainSpec, TrialSpec
 from harness.errors import InputError
 from harness.results import (DataInfo, EvalResult, RunInfo, TrainInfo, TrialRecord, TrialStatus,
                              read_record, write_record)
@@ -317,7 +317,7 @@ def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, 
             _release(device)
 
 
-def smaller_split(train: Any) -> tuple[Any, str] | None:
+def smaller_split(train: TrainSpec) -> tuple[TrainSpec, str] | None:
     """(the train spec to retry an out-of-memory with, what changed), or None when nothing is left:
     half the micro-batch with the same examples per step, then activation checkpointing (auto)."""
     from harness.membudget import split_effective_batch
