@@ -214,17 +214,6 @@ class _Launch:
     stop: threading.Event = field(default_factory=threading.Event)
 
 
-def world_size_for(gpus: float, device: str, cpu_world: int | None = None) -> int:
-    """Ranks for a trial: one per whole GPU on CUDA; on the CPU `cpu_world` (default 1), which is
-    how data-parallel code is exercised without GPUs."""
-    if device.startswith("cuda"):
-        if gpus > 1 and gpus != int(gpus):
-            raise InputError(f"resources.gpu: {gpus:g}: a trial on several GPUs takes whole GPUs "
-                             "(2, 4, 8); fractions are for packing trials on one GPU")
-        return max(int(gpus), 1)
-    return max(int(cpu_world or 1), 1)
-
-
 @contextlib.contextmanager
 def launch_ranks(world: int, *, entry: str, payload: dict[str, Any], device: str = "cpu",
                  threads: int | None = None, backend: str | None = None,

@@ -71,15 +71,10 @@ def embed_texts(texts: Sequence[str]) -> Any:
     """MiniLM embeddings (n x 384, float64), L2-normalised; identical texts get identical rows."""
     import numpy as np
 
-    from harness.evaluate.metrics import EMBED_BATCH_SIZE
+    from harness.evaluate.metrics import embed
 
-    model = embedding_model()
-    unique = list(dict.fromkeys(texts))  # encode each distinct text once (repeats are common)
-    matrix = np.asarray(model.encode(unique, batch_size=EMBED_BATCH_SIZE, show_progress_bar=False,
-                                     convert_to_numpy=True), dtype=np.float64)
-    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-    index = {text: i for i, text in enumerate(unique)}
-    return matrix[[index[t] for t in texts]]
+    vectors = embed(embedding_model(), list(texts))  # each distinct text encoded once
+    return np.stack([vectors[t] for t in texts])
 
 
 def embedding_model() -> Any:

@@ -30,7 +30,7 @@ from harness.shapes import ModelShape
 log = logging.getLogger(__name__)
 GIB = 2**30
 # Bytes kept for backward per token, decoder layer and hidden unit, plain transformers + peft in bf16
-# (the mean of the Qwen2.5-0.5B and 7B anchors; harness.planning uses the same number).
+# (the mean of the Qwen2.5-0.5B and 7B anchors; harness.planning's estimates use these too).
 ACT_BYTES_PER_TOKEN_LAYER_HIDDEN = 115.0
 # Full-vocabulary logits per token: bf16 logits (2) + their fp32 upcast (4) + its gradient (4).
 LOGIT_BYTES_PER_TOKEN_VOCAB = 10.0

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.config import SweepSpec, TrialSpec
+from harness.membudget import ACT_BYTES_PER_TOKEN_LAYER_HIDDEN, LOGIT_BYTES_PER_TOKEN_VOCAB, LORA_BYTES_PER_PARAM
 from harness.shapes import KNOWN_SHAPES, ModelShape, model_shape  # noqa: F401 - re-exported for bench/
 
-ACT_BYTES_PER_TOKEN_LAYER_HIDDEN = 115.0
-LOGIT_BYTES_PER_TOKEN_VOCAB = 10.0
 GPU_ANCHOR = (0.494e9, 52_700.0)  # (params, tokens/s) Qwen2.5-0.5B, rank 16, one H200
 GPU_EXPONENT = 0.60  # tokens/s ~ params^-0.60 between the 0.5B and 7B anchors
 CPU_TINY_TOKENS_PER_S = 2_000.0  # builtin:tiny LoRA on one CPU core, measured here
@@ -81,7 +80,7 @@ def estimate_trial(trial: TrialSpec, shape: ModelShape, device: str, gpu_fractio
     micro = tr.micro_batch if tr.micro_batch != "auto" else tr.batch_size  # auto: at most the whole batch
     tokens_per_micro = micro * seq
     lora = adapter_params_of(trial, shape)
-    memory = (shape.params * 2 + lora * 16
+    memory = (shape.params * 2 + lora * LORA_BYTES_PER_PARAM
               + tokens_per_micro * shape.layers * shape.hidden * ACT_BYTES_PER_TOKEN_LAYER_HIDDEN
               + _logit_tokens(tr, tokens_per_micro) * shape.vocab * LOGIT_BYTES_PER_TOKEN_VOCAB) / 2**30
     per_step = tr.batch_size * seq if tr.micro_batch == "auto" else tr.grad_accum * tokens_per_micro

@@ -86,6 +86,7 @@ def test_overrides_change_the_spec_and_the_ids(tmp_path):
     (lambda r: r["train"].update(micro_batch="auto"), r"train.batch_size: micro_batch auto needs"),
     (lambda r: r["train"].update(micro_batch=8, grad_accum=2, batch_size=32), r"train.batch_size: 32 is not"),
     (lambda r: r.setdefault("resources", {}).update(gpu=0.5, ranks=2), r"resources.ranks: 2 processes cannot share"),
+    (lambda r: r.setdefault("resources", {}).update(gpu=1.5), r"resources.gpu: 1.5: use a fraction in \(0, 1\]"),
     (lambda r: r["train"].update(pack_length=1024), r"train.pack_length: rows are packed only with train.packing"),
     (lambda r: r["train"].update(packing=True, max_seq_len=512, pack_length=256),
      r"train.pack_length: 256 tokens cannot hold the longest sample \(train.max_seq_len 512\)"),

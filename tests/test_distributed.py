@@ -15,8 +15,7 @@ import psutil
 import pytest
 import torch
 
-from harness.distributed import DistContext, DistributedError, launch_ranks, world_size_for
-from harness.errors import InputError
+from harness.distributed import DistContext, DistributedError, launch_ranks
 from harness.train import IGNORE_INDEX, Example, collate
 
 pytestmark = pytest.mark.slow
@@ -150,13 +149,6 @@ def test_shards_are_disjoint_contiguous_and_cover_the_batch():
     parts = [DistContext(rank=r, world=3).shard(items) for r in range(3)]
     assert parts == [[0, 1, 2], [3, 4], [5, 6]]
     assert [DistContext(rank=r, world=3).shard([9]) for r in range(3)] == [[9], [], []]
-
-
-def test_world_size_takes_whole_gpus():
-    assert world_size_for(2, "cuda") == 2 and world_size_for(0.5, "cuda") == 1
-    assert world_size_for(1, "cpu") == 1 and world_size_for(0, "cpu", cpu_world=2) == 2
-    with pytest.raises(InputError, match="whole GPUs"):
-        world_size_for(1.5, "cuda")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -122,12 +122,12 @@ def sentence_similarity(predictions: Sequence[str], truths: Sequence[str | Seque
                         model: Any) -> list[float]:
     """Per sample: mean cosine to its references, floored at 0. Encodes each distinct text once."""
     references = [_references(t) for t in truths]
-    vectors = _embed(model, [*predictions, *(r for refs in references for r in refs)])
+    vectors = embed(model, [*predictions, *(r for refs in references for r in refs)])
     return [max(_mean(float(vectors[pred] @ vectors[ref]) for ref in refs), 0.0)
             for pred, refs in zip(predictions, references, strict=True)]
 
 
-def _embed(model: Any, texts: list[str]) -> dict[str, Any]:
+def embed(model: Any, texts: list[str]) -> dict[str, Any]:
     """Unit-length embeddings of the distinct texts, keyed by text."""
     import numpy as np
 
