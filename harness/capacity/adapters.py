@@ -126,10 +126,16 @@ class MultiLoraAdapted(PeftAdapted):
 
 
 class MoleAdapted(AdaptedModel):
+    def __init__(self, model: nn.Module, spec: AdapterSpec):
+        super().__init__(model, spec)
+        from harness.capacity.mole import mole_layers
+
+        self._layers = mole_layers(model)
+
     def aux_loss(self) -> torch.Tensor | None:
         from harness.capacity.mole import balance_loss
 
-        loss = balance_loss(self.model)
+        loss = balance_loss(self._layers)
         return None if loss is None or not self.spec.router_aux_weight else loss * self.spec.router_aux_weight
 
     def save(self, path: Path) -> int:

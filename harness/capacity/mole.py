@@ -112,9 +112,10 @@ def mole_layers(model: nn.Module) -> list[MoleLinear]:
     return [m for m in model.modules() if isinstance(m, MoleLinear)]
 
 
-def balance_loss(model: nn.Module) -> torch.Tensor | None:
-    """Mean load-balancing loss over the MoLE layers' last forward pass."""
-    losses = [m.aux_loss for m in mole_layers(model) if m.aux_loss is not None]
+def balance_loss(layers: list[MoleLinear]) -> torch.Tensor | None:
+    """Mean load-balancing loss over the MoLE layers' last forward pass (`mole_layers(model)`, found
+    once: the trainer asks for it every micro-batch)."""
+    losses = [m.aux_loss for m in layers if m.aux_loss is not None]
     return torch.stack(losses).mean() if losses else None
 
 

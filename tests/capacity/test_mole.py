@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from harness.capacity.adapters import attach
-from harness.capacity.mole import MoleLinear, balance_loss
+from harness.capacity.mole import MoleLinear, balance_loss, mole_layers
 from harness.config import AdapterSpec
 from harness.model import load_base_model
 
@@ -80,7 +80,7 @@ def test_model_level_balance_loss_and_frozen_base():
     adapted.model.train()
     ids = tokenizer(["a steel bottle", "a cotton shirt"], return_tensors="pt", padding=True)["input_ids"]
     adapted.model(input_ids=ids)
-    raw = balance_loss(adapted.model)
+    raw = balance_loss(mole_layers(adapted.model))
     assert 1.0 <= raw.item() <= 4.0  # 1 when perfectly even, E when all on one expert
     assert adapted.aux_loss().item() == pytest.approx(0.1 * raw.item())
     trainable = {n for n, p in adapted.model.named_parameters() if p.requires_grad}
