@@ -728,8 +728,9 @@ def expand_trials(spec: SweepSpec) -> list[TrialSpec]:
 
     volumes = spec.grid.volume or [spec.data.per_subtask]
     trials = []
-    for (domains, subtasks), volume in itertools.product(data_sets(spec), volumes):
-        for capacity, seed in itertools.product(capacity_settings(spec, domains, subtasks), spec.grid.seed):
+    for domains, subtasks in data_sets(spec):
+        settings = capacity_settings(spec, domains, subtasks)  # per data set: volume does not change them
+        for volume, capacity, seed in itertools.product(volumes, settings, spec.grid.seed):
             trials.append(TrialSpec(
                 sweep=spec.name, base_model=spec.base_model, trust_remote_code=spec.trust_remote_code,
                 data=spec.data, eval=spec.eval, train=spec.train, domains=domains, subtasks=subtasks,
