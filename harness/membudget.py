@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from harness.shapes import ModelShape
+from harness.shapes import ModelShape, shape_from_config
 
 log = logging.getLogger(__name__)
 GIB = 2**30
@@ -205,14 +205,6 @@ def pick_micro_batch(model: Any, sample_batch_fn: Callable[[int], dict[str, Any]
             budget_bytes = default_budget_bytes(device, margin, reserve_bytes=moments)
         fits = probe_fits(model, sample_batch_fn, device, budget_bytes, loss_fn)
     return split_effective_batch(target_effective_batch, search_micro_batch(fits, cap, start))
-
-
-def shape_from_config(config: Any) -> ModelShape:
-    """The ModelShape of a loaded model's transformers config (Qwen2/Llama-style field names)."""
-    return ModelShape(hidden=config.hidden_size, layers=config.num_hidden_layers, inter=config.intermediate_size,
-                      heads=config.num_attention_heads,
-                      kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
-                      vocab=config.vocab_size, tied=bool(getattr(config, "tie_word_embeddings", False)))
 
 
 def auto_micro_batch(model: Any, sample_batch_fn: Callable[[int], dict[str, Any]], effective_batch: int,

@@ -9,8 +9,10 @@ Nothing here imports torch: `harness plan` and sweep expansion use it before any
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Shapes of models a sweep may name without the weights being present (hub ids).
 KNOWN_SHAPES: dict[str, dict[str, int]] = {
@@ -66,19 +68,24 @@ class ModelShape:
         return self.layers * sum(rank * (i + o) for i, o in dims)
 
 
+def shape_from_config(config: Any) -> ModelShape:
+    """The ModelShape of a transformers config: a loaded model's config object, or config.json's
+    fields (Qwen2/Llama-style names)."""
+    c = config if isinstance(config, Mapping) else config.to_dict()
+    return ModelShape(c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"], c["num_attention_heads"],
+                      c.get("num_key_value_heads") or c["num_attention_heads"], c["vocab_size"],
+                      bool(c.get("tie_word_embeddings", False)))
+
+
 def model_shape(model_id: str) -> ModelShape | None:
     """The shape of a builtin, a local model directory, or a known hub family; None if unknown."""
     if model_id == "builtin:tiny":
-        from harness.model import TINY_SHAPE as s
+        from harness.model import TINY_SHAPE
 
-        return ModelShape(s["hidden_size"], s["num_hidden_layers"], s["intermediate_size"],
-                          s["num_attention_heads"], s["num_key_value_heads"], s["vocab_size"], True)
+        return shape_from_config({**TINY_SHAPE, "tie_word_embeddings": True})
     config_path = Path(model_id) / "config.json"
     if config_path.exists():
-        c = json.loads(config_path.read_text())
-        return ModelShape(c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"],
-                          c["num_attention_heads"], c.get("num_key_value_heads", c["num_attention_heads"]),
-                          c["vocab_size"], bool(c.get("tie_word_embeddings", False)))
+        return shape_from_config(json.loads(config_path.read_text()))
     key = model_id.lower().split("/")[-1].removeprefix("builtin:").replace("-instruct", "")
     shape = KNOWN_SHAPES.get(key)
     return ModelShape(**{**shape, "tied": bool(shape["tied"])}) if shape else None
