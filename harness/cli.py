@@ -181,7 +181,7 @@ def data_show(sweep_file: Path, set_: Optional[list[str]] = SetOpt):
     from harness.data import build_eval_sets, load_or_build_mixture, mixture_key
 
     spec = _load(sweep_file, set_)
-    eval_sets = build_eval_sets(spec.eval, spec.data.world_seed)
+    eval_sets = build_eval_sets(spec.eval, spec.data)
     cache_dir = spec.results_dir / "mixtures" if spec.results_dir.is_dir() else None
     seen, mixtures = set(), {}
     for t in expand_trials(spec):

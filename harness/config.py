@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -35,6 +36,18 @@ class Spec(BaseModel):
 # Spec blocks
 
 
+class WorldSpec(Spec):
+    """Which synthetic world `builtin:synthetic` and `builtin:synthetic-heldout` draw from."""
+
+    # shop: the e-commerce world (19 subtasks over four domains); recall: the calibration world
+    # (harness.tasks.recall: 8 fact-recall subtasks, two per domain, with a capacity mechanism)
+    variant: Literal["shop", "recall"] = "shop"
+    keys: int = Field(default=64, ge=1)  # recall: products each recall subtask asks about
+    # recall: per_key (every product has its own number: the adapter must store subtasks x keys facts)
+    # or per_subtask (one number per subtask: the capacity mechanism off)
+    facts: Literal["per_key", "per_subtask"] = "per_key"
+
+
 class DataSpec(Spec):
     # builtin:synthetic and/or real sources mapped to a domain and subtask (harness.tasks.sources)
     sources: list[Union[Literal["builtin:synthetic"], SourceSpec]] = Field(
@@ -43,6 +56,7 @@ class DataSpec(Spec):
     per_subtask: int = Field(default=200, ge=1)  # training rows per subtask (volume when the grid has none)
     mode: Literal["per_subtask", "fixed_total", "homogeneous"] = "per_subtask"
     world_seed: int = 0  # the synthetic world's seed: fixed across trials so cells share one world
+    world: WorldSpec = Field(default_factory=WorldSpec)  # which synthetic world (calibration: recall)
     mixture_seed: int = 0  # sampling seed for the mixture: fixed so that seeds vary training only
     contamination_check: bool = True  # drop training rows whose input matches an evaluation row
     # Rows whose inputs are embedded (all-MiniLM-L6-v2) for the Vendi score in the record's diversity;
@@ -68,7 +82,12 @@ class EvalSpec(Spec):
 
 
 class TrainSpec(Spec):
-    steps: int = Field(default=150, ge=1)  # optimiser steps
+    # The compute budget of a cell, a declared choice: `steps` gives every cell equal compute (a cell
+    # with more subtasks sees each one less often); `epochs` makes the steps follow the mixture's size
+    # (steps = ceil(epochs x rows / sequences per step): equal passes over every row, as the reference
+    # study trained, so a bigger mixture gets more compute). Give one of them.
+    steps: int | None = Field(default=150, ge=1)  # optimiser steps (null when epochs is set)
+    epochs: float | None = Field(default=None, gt=0)  # passes over the training mixture
     lr: float = Field(default=3e-3, gt=0)
     micro_batch: Union[int, Literal["auto"]] = 16  # sequences per forward pass; auto: the largest that fits (GPU probe)
     grad_accum: int = Field(default=1, ge=1)  # micro-batches per optimiser step (auto: derived from batch_size)
@@ -106,6 +125,30 @@ class TrainSpec(Spec):
     eval_every: int | None = Field(default=None, ge=1)  # steps between held-out loss reports (ASHA watches them)
     eval_rows: int = Field(default=2, ge=1)  # held-out rows per synthetic subtask for that loss
 
+
+
+def sequences_per_step(train: TrainSpec) -> int:
+    """Training sequences in one optimiser step (micro_batch auto needs batch_size; validated)."""
+    if train.batch_size is not None:
+        return train.batch_size
+    return int(train.micro_batch) * train.grad_accum if train.micro_batch != "auto" else 1
+
+
+def budget_steps(train: TrainSpec, n_rows: int) -> int:
+    """Optimiser steps a trial runs: train.steps, or with train.epochs the steps that pass over the
+    mixture's n_rows that many times (at least one)."""
+    if train.epochs is None:
+        return train.steps
+    return max(1, math.ceil(train.epochs * n_rows / sequences_per_step(train)))
+
+
+def budget_note(train: TrainSpec) -> str:
+    """What the declared compute budget means for comparisons between cells (reports quote it)."""
+    if train.epochs is None:
+        return (f"equal compute per cell: train.steps = {train.steps} in every cell, so a cell with more "
+                "subtasks sees each subtask fewer times")
+    return (f"equal passes over the data: train.epochs = {train.epochs:g}, so steps follow each mixture's "
+            "size and a bigger mixture gets proportionally more compute")
 
 
 Family = Literal["lora", "dora", "multi_lora", "mole"]
@@ -358,8 +401,13 @@ class TrialSpec(Spec):
         the layout from before capacity families (rank and alpha at the top, the LoRA knobs under
         train), so their ids, and every finished record a resume looks for, stay the same."""
         dump = self.model_dump(exclude=IDENTITY_EXCLUDE)
-        if dump["train"]["batch_size"] is None:  # added later; unset, it must not change older ids
-            dump["train"].pop("batch_size")
+        for added_later in ("batch_size", "epochs"):  # unset, they must not change older ids
+            if dump["train"][added_later] is None:
+                dump["train"].pop(added_later)
+        if dump["data"]["world"] == WorldSpec().model_dump():  # likewise the default world
+            dump["data"].pop("world")
+        if dump["train"].get("epochs") is not None or dump["train"]["steps"] is None:
+            dump["train"].pop("steps")  # follows from epochs and the mixture's size
         cap = self.capacity
         if cap is not None and not cap.is_classic_lora:
             dump["capacity"].pop("params")  # derived from the base model's shape, not a choice
@@ -507,10 +555,13 @@ def _problems_error(source: str, problems: list[str]) -> InputError:
 def available_subtasks(spec: SweepSpec) -> dict[str, str]:
     """subtask id -> domain, over every source the sweep declares."""
     from harness.tasks import registry
+    from harness.tasks.recall import recall_subtasks
 
     out: dict[str, str] = {}
     for src in spec.data.sources:
-        if src == SYNTHETIC_SOURCE:
+        if src == SYNTHETIC_SOURCE and spec.data.world.variant == "recall":
+            out.update(recall_subtasks())
+        elif src == SYNTHETIC_SOURCE:
             out.update({s.id: s.domain for s in registry.all_subtasks()})
         else:
             out[src.subtask] = src.domain
@@ -596,9 +647,27 @@ def semantic_problems(spec: SweepSpec) -> list[str]:
             problems.append(f"data.sources[{i}].path: file not found: {src.path}")
     from harness.capacity.settings import capacity_problems
 
-    problems += _resource_problems(spec) + _train_schedule_problems(spec.train) + _search_problems(spec)
+    problems += (_resource_problems(spec) + _train_schedule_problems(spec.train) + _search_problems(spec)
+                 + _world_problems(spec.data))
     # Capacity settings are resolved per data cell and rank, which needs the rest to be valid first.
     return problems + capacity_problems(spec, resolve=not problems)
+
+
+def _world_problems(data: DataSpec) -> list[str]:
+    """The recall world asks the facts training teaches, in the same words (closed-book recall)."""
+    from harness.tasks.recall import max_keys
+
+    if data.world.variant != "recall":
+        return []
+    problems = []
+    if data.contamination_check:
+        problems.append("data.contamination_check: the recall world (data.world.variant recall) evaluates "
+                        "the facts it trains, so every training row matches an evaluation row; set "
+                        "data.contamination_check: false")
+    if data.world.keys > max_keys(data.world_seed):
+        problems.append(f"data.world.keys: {data.world.keys} products asked for; the world "
+                        f"(seed {data.world_seed}) has {max_keys(data.world_seed)}; use at most that")
+    return problems
 
 
 def _resource_problems(spec: SweepSpec) -> list[str]:
@@ -625,6 +694,13 @@ def _resource_problems(spec: SweepSpec) -> list[str]:
 def _train_schedule_problems(train: TrainSpec) -> list[str]:
     """Held-out losses and intermediate adapters happen at loss-report steps (train.log_every)."""
     problems = []
+    if train.epochs is not None and train.steps is not None and "steps" in train.model_fields_set:
+        problems.append(f"train.steps: {train.steps} and train.epochs: {train.epochs:g} both set the compute "
+                        "budget; give steps (equal compute per cell) or epochs (steps follow the mixture's "
+                        "size), not both (from the command line: --set train.steps=null --set train.epochs=N)")
+    if train.epochs is None and train.steps is None:
+        problems.append("train.steps: missing compute budget; give train.steps (optimiser steps) or "
+                        "train.epochs (passes over the mixture)")
     for field in ("eval_every", "checkpoint_every"):
         every = getattr(train, field)
         if every is not None and every % train.log_every:
@@ -696,7 +772,10 @@ def _search_problems(spec: SweepSpec) -> list[str]:
             problems.append("search.scheduler: asha watches the held-out loss: set train.eval_every "
                             "(steps between reports, a multiple of train.log_every)")
         grace = search.grace_period or spec.train.eval_every or 1
-        if grace >= spec.train.steps:
+        if spec.train.epochs is not None:
+            problems.append("search.scheduler: asha stops trials at equal step counts, but with train.epochs "
+                            "each cell runs its own number of steps; use train.steps with asha")
+        elif grace >= spec.train.steps:
             problems.append(f"search.grace_period: {grace} steps leaves ASHA nothing to stop before "
                             f"train.steps ({spec.train.steps}); use fewer")
     return problems

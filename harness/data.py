@@ -106,6 +106,11 @@ def _pool(subtask: str, n: int, data: DataSpec, banned: set[str]):
             clean = [r for r in loaded.rows if normalise_text(r["input_field"]) not in banned]
             skipped = {src.path: loaded.skipped} if loaded.skipped else {}
             return clean, len(loaded.rows) - len(clean), loaded.fingerprint, skipped, f"its source {src.path}"
+    if data.world.variant == "recall":
+        rows = _recall_rows(subtask, data)
+        clean = [r for r in rows if normalise_text(r["input_field"]) not in banned]
+        return (clean[:n], len(rows) - len(clean), f"recall:{data.world_seed}:{data.world.facts}", {},
+                f"the recall world (data.world.keys {data.world.keys})")
     # The world is prefix-stable: ask for more rows until n survive the contamination filter, or
     # until the world has no more (homogeneous mode then repeats; the other modes stop in _take).
     want, rows, clean, exhausted = n, [], [], False
@@ -116,6 +121,12 @@ def _pool(subtask: str, n: int, data: DataSpec, banned: set[str]):
         want += n - len(clean)
     return (clean[:n], len(rows) - len(clean), f"synthetic:{data.world_seed}", {},
             f"the synthetic world (data.world_seed {data.world_seed})")
+
+
+def _recall_rows(subtask: str, data: DataSpec) -> list[dict[str, Any]]:
+    from harness.tasks.recall import recall_rows
+
+    return recall_rows(subtask, keys=data.world.keys, facts=data.world.facts, seed=data.world_seed)
 
 
 def _synthetic_prefix(subtask: str, want: int, seed: int) -> list[dict[str, Any]]:
@@ -212,18 +223,22 @@ def _stats(rows: list[dict[str, Any]], removed: int, skipped: dict[str, int]) ->
 # Evaluation sets
 
 
-def build_eval_sets(spec: EvalSpec, world_seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+def build_eval_sets(spec: EvalSpec, data: DataSpec | None = None) -> dict[str, list[dict[str, Any]]]:
     """name -> rows. The synthetic held-out set covers every subtask of every domain, so a trial's
     overall score always spans all four tracks, whatever it was trained on."""
-    from harness.tasks import registry, synthetic
+    from harness.tasks import recall, registry, synthetic
     from harness.tasks.shopbench_io import read_shopbench
 
+    data = data or DataSpec()
     sets: dict[str, list[dict[str, Any]]] = {}
     for ref in spec.sets:
-        if ref == SYNTHETIC_HELDOUT:
+        if ref == SYNTHETIC_HELDOUT and data.world.variant == "recall":
+            sets["synthetic-heldout"] = [row for sub in recall.recall_subtasks()
+                                         for row in _recall_rows(sub, data)]
+        elif ref == SYNTHETIC_HELDOUT:
             sets["synthetic-heldout"] = [
                 row for sub in registry.all_subtasks()
-                for row in synthetic.generate_rows(sub.id, "heldout", spec.per_subtask, seed=world_seed)
+                for row in synthetic.generate_rows(sub.id, "heldout", spec.per_subtask, seed=data.world_seed)
             ]
         else:
             rows = read_shopbench(Path(ref.path)).rows
@@ -290,9 +305,9 @@ def prepare_mixtures(trials: Iterable[Any], cache_dir: Path) -> PreparedMixtures
     for t in trials:
         if t.kind != "trial":
             continue
-        ev_key = (t.eval.model_dump_json(), t.data.world_seed)
+        ev_key = (t.eval.model_dump_json(), t.data.world_seed, t.data.world.model_dump_json())
         if ev_key not in eval_sets:
-            eval_sets[ev_key] = build_eval_sets(t.eval, world_seed=t.data.world_seed)
+            eval_sets[ev_key] = build_eval_sets(t.eval, t.data)
         key = mixture_key(t.subtasks, t.volume, t.data, eval_sets[ev_key])
         if key in seen:
             continue

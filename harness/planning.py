@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.config import SweepSpec, TrialSpec
+from harness.config import SweepSpec, TrialSpec, budget_steps
 from harness.membudget import ACT_BYTES_PER_TOKEN_LAYER_HIDDEN, LOGIT_BYTES_PER_TOKEN_VOCAB, LORA_BYTES_PER_PARAM
 from harness.shapes import KNOWN_SHAPES, ModelShape, model_shape  # noqa: F401 - re-exported for bench/
 
@@ -84,7 +84,8 @@ def estimate_trial(trial: TrialSpec, shape: ModelShape, device: str, gpu_fractio
               + tokens_per_micro * shape.layers * shape.hidden * ACT_BYTES_PER_TOKEN_LAYER_HIDDEN
               + _logit_tokens(tr, tokens_per_micro) * shape.vocab * LOGIT_BYTES_PER_TOKEN_VOCAB) / 2**30
     per_step = tr.batch_size * seq if tr.micro_batch == "auto" else tr.grad_accum * tokens_per_micro
-    tokens = tr.steps * per_step if trial.kind == "trial" else 0
+    rows = trial.volume * (len(trial.subtasks) if trial.data.mode == "per_subtask" else 1)
+    tokens = budget_steps(tr, rows) * per_step if trial.kind == "trial" else 0  # epochs: the nominal rows
     if device == "gpu":
         rate = GPU_ANCHOR[1] * (GPU_ANCHOR[0] / shape.params) ** GPU_EXPONENT * gpu_fraction
     else:

@@ -80,6 +80,8 @@ class TaskScore(_Model):
     metric: str
     n: int
     track: str
+    se: float | None = None  # standard error over the task's rows (evaluation noise; absent before v2 records)
+    ci95: list[float] | None = None  # score +- 1.96 se
 
 
 class EvalResult(_Model):

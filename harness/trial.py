@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from harness.config import TrainSpec, TrialSpec
+from harness.config import TrainSpec, TrialSpec, budget_steps
 from harness.errors import InputError
 from harness.results import (DataInfo, EvalResult, RunInfo, TrainInfo, TrialRecord, TrialStatus,
                              read_record, write_record)
@@ -178,7 +178,7 @@ def _trial_inputs(spec: TrialSpec, device: str):
     from harness.prompting import resolve_format
 
     torch.manual_seed(spec.seed)
-    eval_sets = build_eval_sets(spec.eval, world_seed=spec.data.world_seed)
+    eval_sets = build_eval_sets(spec.eval, spec.data)
     tokenizer, model, info = load_base_model(spec.base_model, device=device, dtype=spec.train.dtype,
                                              trust_remote_code=spec.trust_remote_code)
     return eval_sets, tokenizer, model, info, resolve_format(spec.eval.prompt_format, tokenizer)
@@ -210,8 +210,10 @@ class TrainingRun:
 
         from harness.distributed import launch_ranks
 
-        spec = self.spec
-        mixture = _training_mixture(spec, eval_sets, tokenizer_id, self.results_dir)
+        mixture = _training_mixture(self.spec, eval_sets, tokenizer_id, self.results_dir)
+        # train.epochs: the steps follow this mixture's size; helper ranks get the resolved spec
+        steps = budget_steps(self.spec.train, len(mixture.rows))
+        spec = self.spec = self.spec.model_copy(update={"train": self.spec.train.model_copy(update={"steps": steps})})
         progress = Progress(spec=spec, tokenizer=self.tokenizer, fmt=self.fmt, device=self.device, logger=logger,
                             reporter=reporter, rows=validation_rows(spec),
                             adapters=adapter_dir(self.results_dir, spec))

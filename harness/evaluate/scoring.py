@@ -13,6 +13,8 @@ debugging and bootstraps: resample `sample_values` and call `get_metric(metric).
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +44,25 @@ class TaskScore:
     def n(self) -> int:
         return len(self.row_indices)
 
+    @property
+    def se(self) -> float:
+        """Standard error of the score from its rows: the sample standard deviation over sqrt(n) for
+        a mean of per-row scores; for pooled metrics (NER micro-F1) the sd of a seeded row bootstrap."""
+        if self.n < 2:
+            return float("nan")
+        metric = get_metric(self.metric.split("/")[0])
+        if metric.aggregation != "mean":
+            return _bootstrap_se(metric, self.sample_values)
+        mean = sum(self.sample_scores) / self.n
+        var = sum((x - mean) ** 2 for x in self.sample_scores) / (self.n - 1)
+        return math.sqrt(var / self.n)
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        """Normal-approximation 95% interval of the score (evaluation noise only, not seed noise)."""
+        half = 1.96 * self.se
+        return (self.score - half, self.score + half)
+
 
 @dataclass(frozen=True)
 class ScoreReport:
@@ -56,8 +77,8 @@ class ScoreReport:
     def to_dict(self) -> dict[str, Any]:
         """The `harness score --json` document."""
         return {
-            "tasks": {name: {"score": t.score, "metric": t.metric, "n": t.n, "track": t.track}
-                      for name, t in self.tasks.items()},
+            "tasks": {name: {"score": t.score, "metric": t.metric, "n": t.n, "track": t.track,
+                             **_noise(t)} for name, t in self.tasks.items()},
             "tracks": dict(self.tracks),
             "overall": self.overall,
             "pooled": self.pooled,
@@ -140,6 +161,27 @@ def _report(tasks: dict[str, TaskScore]) -> ScoreReport:
     tracks = {track: _mean(scores) for track, scores in by_track.items()}
     return ScoreReport(tasks=tasks, tracks=tracks, overall=_mean(tracks.values()),
                        pooled=_mean(t.score for t in tasks.values()))
+
+
+BOOTSTRAP_RESAMPLES = 200
+
+
+def _bootstrap_se(metric: Any, values: Sequence[Any]) -> float:
+    """Seeded row bootstrap of a pooled metric (same rows -> same SE)."""
+    rng = random.Random(len(values))
+    stats = [float(metric.aggregate([values[rng.randrange(len(values))] for _ in values]))
+             for _ in range(BOOTSTRAP_RESAMPLES)]
+    mean = sum(stats) / len(stats)
+    return math.sqrt(sum((x - mean) ** 2 for x in stats) / (len(stats) - 1))
+
+
+def _noise(task: TaskScore) -> dict[str, Any]:
+    """The record's evaluation-noise fields: se and ci95, or nothing when a task has one row."""
+    se = task.se
+    if not math.isfinite(se):
+        return {}
+    lo, hi = task.ci95
+    return {"se": se, "ci95": [lo, hi]}
 
 
 def _mean(values: Any) -> float:

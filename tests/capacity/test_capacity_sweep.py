@@ -46,7 +46,7 @@ def test_reloaded_adapters_score_what_the_trials_recorded(finished):
     spec, outcome = finished
     records, _ = load_records(outcome.results_dir)
     trials = {t.trial_id: t for t in planned_trials(spec)}
-    eval_sets = build_eval_sets(spec.eval, world_seed=spec.data.world_seed)
+    eval_sets = build_eval_sets(spec.eval, spec.data)
     chosen = [r for r in records if r.run.kind == "trial" and r.run.factors["n_domains"] == 4
               and r.run.factors["capacity_budget"] == "r8"]
     assert len(chosen) == 4

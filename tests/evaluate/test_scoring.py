@@ -117,3 +117,24 @@ def test_bad_rows_are_listed_by_number():
 def test_nothing_to_score():
     with pytest.raises(InputError, match="no benchmark rows"):
         score_responses([], [])
+
+
+def test_task_standard_error_and_interval_by_hand():
+    # 3 right of 4: per-row scores 1,1,1,0 -> mean 0.75, sample sd 0.5, se 0.5 / sqrt(4) = 0.25
+    rows = [mc(1, task_name="t")] * 4
+    task = score_responses(rows, ["1", "1", "1", "0"]).to_dict()["tasks"]["t"]
+    assert task["se"] == pytest.approx(0.25)
+    assert task["ci95"] == pytest.approx([0.75 - 1.96 * 0.25, 0.75 + 1.96 * 0.25])
+
+
+def test_pooled_ner_standard_error_is_a_seeded_bootstrap():
+    rows = [ner(["a", "b"], task_name="n")] * 10
+    responses = ["a, b"] * 5 + ["c"] * 5
+    first = score_responses(rows, responses).tasks["n"].se
+    assert first == score_responses(rows, responses).tasks["n"].se  # same rows, same SE
+    assert 0.05 < first < 0.4
+    assert score_responses(rows, ["a, b"] * 10).tasks["n"].se == 0.0  # no spread, no noise
+
+
+def test_one_row_task_has_no_noise_fields():
+    assert "se" not in score_responses([mc(1, task_name="t")], ["1"]).to_dict()["tasks"]["t"]
