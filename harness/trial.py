@@ -155,6 +155,10 @@ def _execute(spec: TrialSpec, device: str, logger, reporter: Reporter | None,
     else:
         model = attach(model, None)  # the baseline: no adapter
     evals = evaluate_model(model, tokenizer, eval_sets, spec, fmt, device)
+    if spec.kind == "baseline":  # the report's floor: what the answer format alone scores
+        from harness.evaluate.scoring import format_floor
+
+        artifacts = {**artifacts, "format_floor": {name: format_floor(rows) for name, rows in eval_sets.items()}}
     for name, res in evals.items():
         logger.summary({f"{name}/overall": res.overall, f"{name}/pooled": res.pooled,
                         **{f"{name}/{t}": s.score for t, s in res.tasks.items()}})

@@ -34,7 +34,8 @@ def test_score_json_on_ec_guide_perfect_responses(tmp_path, ec_guide):
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert set(doc) == {"tasks", "tracks", "overall", "pooled"}
-    assert doc["tasks"]["bench"] == {"score": 1.0, "metric": "accuracy", "n": 20, "track": "default"}
+    assert doc["tasks"]["bench"] == {"score": 1.0, "metric": "accuracy", "n": 20, "track": "default",
+                                     "se": 0.0, "ci95": [1.0, 1.0]}
     assert doc["overall"] == pytest.approx(1.0)
 
 

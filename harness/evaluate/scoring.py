@@ -22,6 +22,7 @@ from typing import Any
 from harness.errors import InputError
 from harness.evaluate.metrics import get_metric
 from harness.evaluate.parsers import parse_response
+from harness.prompting import render_answer
 from harness.tasks.schema import normalise_row, row_problems
 
 DEFAULT_TRACK = "default"
@@ -100,6 +101,21 @@ def score_responses(rows: Sequence[Mapping[str, Any]], responses: Sequence[str],
     groups = _group_tasks(rows, default_task_name)
     tasks = {name: _score_task(name, group, rows, responses) for name, group in groups.items()}
     return _report(tasks)
+
+
+def format_floor(rows: Sequence[Mapping[str, Any]], *, default_task_name: str = "default") -> dict[str, float]:
+    """task -> the score of answering every row with the task's most common answer, well formed:
+    what a model earns from the answer format and the answer prior alone, knowing nothing of the
+    question (multiple-choice: the commonest option; generation: the commonest reference text)."""
+    checked = _checked_rows(rows)
+    responses = [""] * len(checked)
+    for group in _group_tasks(checked, default_task_name).values():
+        answers = [render_answer(checked[i]) for i in group.indices]
+        commonest = max(answers, key=answers.count)
+        for i in group.indices:
+            responses[i] = commonest
+    report = score_responses(checked, responses, default_task_name=default_task_name)
+    return {name: task.score for name, task in report.tasks.items()}
 
 
 def _checked_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ import pytest
 
 from harness.errors import InputError
 from harness.evaluate.metrics import NerCounts, get_metric, sentence_similarity
-from harness.evaluate.scoring import score_responses
+from harness.evaluate.scoring import format_floor, score_responses
 
 
 def mc(truth, **extra):
@@ -138,3 +138,11 @@ def test_pooled_ner_standard_error_is_a_seeded_bootstrap():
 
 def test_one_row_task_has_no_noise_fields():
     assert "se" not in score_responses([mc(1, task_name="t")], ["1"]).to_dict()["tasks"]["t"]
+
+
+def test_format_floor_answers_every_row_with_the_commonest_answer():
+    rows = [mc(2, task_name="m"), mc(2, task_name="m"), mc(1, task_name="m"), mc(0, task_name="m"),
+            retrieval([1, 2, 3], task_name="r"), retrieval([1, 2, 4], task_name="r")]
+    floor = format_floor(rows)
+    assert floor["m"] == pytest.approx(0.5)  # "2" for all four rows: two right
+    assert floor["r"] == pytest.approx((1 + 2 / 3) / 2)  # "1,2,3" for both

@@ -126,7 +126,7 @@ def test_score_files_with_skip_bad_keeps_responses_aligned(tmp_path):
         score_files(bench, responses)
     report = score_files(bench, responses, skip_bad=True)
     assert report.to_dict()["tasks"] == {
-        "b": {"score": 1.0, "metric": "accuracy", "n": 2, "track": "default"}}
+        "b": {"score": 1.0, "metric": "accuracy", "n": 2, "track": "default", "se": 0.0, "ci95": [1.0, 1.0]}}
     assert len(report.skipped) == 1 and report.skipped[0].startswith(f"{bench}:line 2:")
     assert "skipped 1 bad benchmark row(s)" in format_report(report)
 
