@@ -1,6 +1,7 @@
 """The `harness` command: plan | sweep | trial | score | analyze | data.
 
     harness plan sweeps/smoke.yaml [--set train.steps=50] [--json]
+    harness plan sweeps/smoke.yaml --pilot results/smoke [--effect 0.01]   # power from a pilot
     harness sweep sweeps/smoke.yaml [--resume] [--address auto]
     harness trial sweeps/smoke.yaml --index 3          # one trial, no Ray (debugging, GPU checks)
     harness score BENCH.json RESPONSES.jsonl [--json]
@@ -38,7 +39,13 @@ def _load(sweep_file: Path, overrides: Optional[list[str]]):
 
 @app.command()
 def plan(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
-         as_json: bool = typer.Option(False, "--json", help="Machine-readable trial list.")):
+         as_json: bool = typer.Option(False, "--json", help="Machine-readable trial list."),
+         pilot: Optional[Path] = typer.Option(None, help="A pilot sweep's results: estimate its noise "
+                                              "and print what this design can detect."),
+         effect: Optional[float] = typer.Option(None, help="With --pilot: seeds per cell needed to "
+                                                "detect this interaction with 80% power."),
+         diversity: str = typer.Option("n_domains", help="With --pilot: the diversity factor."),
+         capacity: str = typer.Option("lora_rank", help="With --pilot: the capacity factor (log2).")):
     """Expand a sweep into trials and validate it, without running anything."""
     from harness.planning import format_count, plan_summary
     from harness.sweep import planned_trials
@@ -46,6 +53,9 @@ def plan(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
     spec = _load(sweep_file, set_)
     trials = planned_trials(spec)
     summary = plan_summary(spec, trials)
+    if pilot is not None:
+        _plan_power(spec, trials, pilot, effect, diversity, capacity)
+        return
     if as_json:
         typer.echo(json.dumps({"trials": [{"trial_id": t.trial_id, "cell_id": t.cell_id,
                                            "kind": t.kind, "factors": t.factors} for t in trials],
@@ -67,6 +77,21 @@ def plan(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
                    f"{summary['gpu_hours']} GPU-h")
     for warning in summary["warnings"]:
         typer.echo(f"warning: {warning}")
+
+
+def _plan_power(spec, trials, pilot: Path, effect: Optional[float], diversity: str,
+                capacity: str) -> None:
+    """The power section of `plan --pilot` (harness.analysis.power)."""
+    import pandas as pd
+
+    from harness.analysis.power import estimate_noise, format_plan, plan_power
+
+    planned = pd.DataFrame([{**t.factors, "cell_id": t.cell_id} for t in trials if t.kind == "trial"])
+    result = plan_power(planned, estimate_noise(pilot), diversity, capacity, effect=effect,
+                        eval_rows=spec.eval.per_subtask)
+    typer.echo(f"sweep {spec.name}: {len(planned)} trial(s) planned")
+    for line in format_plan(result, diversity, capacity):
+        typer.echo(line)
 
 
 def _capacity_line(row: dict) -> str:
