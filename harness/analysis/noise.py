@@ -34,7 +34,7 @@ SOURCES = ("record", "bound", "unknown")  # where a task's se came from
 
 
 def bounded_se(score: float, n: int) -> float:
-    """The largest SE a mean of n values in [0, 1] with mean `score` can have (see the docstring)."""
+    """The largest SE a mean of n values in [0, 1] with mean `score` can have (module docstring)."""
     if not n or n < 1:
         return math.nan
     s = min(max(float(score), 0.5 / n), 1 - 0.5 / n)

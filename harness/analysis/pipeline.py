@@ -50,7 +50,7 @@ class Analysis:
     warnings: list[str] = field(default_factory=list)
     families: FamilyComparison | None = None  # per capacity family, when by_family is on
     task_noise: pd.DataFrame = field(default_factory=pd.DataFrame)  # trial x task, with se and CI
-    eval_se: pd.DataFrame = field(default_factory=pd.DataFrame)  # per trial: overall score's eval SE
+    eval_se: pd.DataFrame = field(default_factory=pd.DataFrame)  # per trial: overall's eval SE
     calibration: PermutationResult | None = None  # the interaction test under permuted residuals
 
     @property

@@ -10,7 +10,7 @@ From a pilot sweep's records we estimate two noises of a trial's overall score:
 The interaction is the OLS coefficient of `score ~ diversity * capacity` on the planned trials
 (the design matrix of harness.analysis.stats, so power and analysis speak of one coefficient):
 
-    Var(b) = sigma_seed^2 [(X'X)^-1]_int  +  sum over cells (sum of the cell's weights x sigma_eval)^2
+    Var(b) = sigma_seed^2 [(X'X)^-1]_int + sum over cells (sum of the cell's weights x sigma_eval)^2
 
 and the smallest interaction detectable at 80% power with a two-sided 5% t-test is the effect at
 which the noncentral t (df = trials - 4, noncentrality effect / SE) rejects 80% of the time.
@@ -52,7 +52,7 @@ def pooled_within_sd(scores: pd.Series, groups: pd.Series) -> tuple[float, int]:
 
 def interaction_se(design: np.ndarray, cells: list, sigma_seed: float,
                    sigma_eval: float) -> float:
-    """SE of the interaction coefficient on this design (see the module docstring); nan if singular."""
+    """SE of the interaction coefficient on this design (module docstring); nan if singular."""
     gram = design.T @ design
     if np.linalg.matrix_rank(gram) < gram.shape[0]:
         return math.nan
@@ -62,7 +62,7 @@ def interaction_se(design: np.ndarray, cells: list, sigma_seed: float,
 
 
 def power_at(effect: float, se: float, df: float, alpha: float = ALPHA) -> float:
-    """Probability that a two-sided t-test at alpha rejects when the true interaction is `effect`."""
+    """Probability that a two-sided t-test at alpha rejects when the interaction is `effect`."""
     from scipy import stats
 
     if not (se > 0 and df >= 1):

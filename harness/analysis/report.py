@@ -8,6 +8,7 @@ curves, failed trials, and the comparison with another sweep when asked for.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import pandas as pd
@@ -17,7 +18,7 @@ from harness.analysis.compare import comparison_markdown
 from harness.analysis.family import FamilyComparison
 from harness.analysis.load import FAMILY
 from harness.analysis.pipeline import Analysis
-from harness.analysis.stats import ALPHA
+from harness.analysis.stats import ALPHA, frame_design
 from harness.analysis.tables import DASH, fmt, fmt_ci, fmt_level, fmt_p, markdown_table
 
 
@@ -265,13 +266,13 @@ def _cell_eval_se(a: Analysis) -> pd.Series:
 def _gain_noise(g: pd.Series, cell_se: pd.Series, capacity: str) -> str:
     half = noise.difference_noise(cell_se.get((g["from"], g[capacity]), float("nan")),
                                   cell_se.get((g["to"], g[capacity]), float("nan")))
-    if half != half:  # nan: no task SEs
+    if math.isnan(half):  # no task SEs
         return DASH
     return f"±{half:.4f}" + (" (gain within it)" if noise.within_noise(g.gain, half) else "")
 
 
 def _noise_and_budget(a: Analysis) -> str:
-    """Which compute budget held, how noisy the evaluation is, and whether the test is calibrated."""
+    """Which compute budget held, how noisy the evaluation is, whether the test is calibrated."""
     parts = ["## Evaluation noise and compute budget", budget_sentence(a)]
     if not a.task_noise.empty:
         parts += [_eval_noise_sentence(a), _interaction_noise_sentence(a)]
@@ -336,14 +337,12 @@ def _interaction_noise_sentence(a: Analysis) -> str:
     """Compare the interaction with the evaluation noise of the coefficient itself."""
     if not a.fit.estimable or a.eval_se.empty:
         return ""
-    from harness.analysis.stats import frame_design
-
     trials = a.trials.merge(a.eval_se, on="trial_id", how="left")
     cells = list(zip(trials[a.diversity], trials[a.capacity]))
     cell_se = trials.groupby([a.diversity, a.capacity])["eval_se"].transform("mean")
     design = frame_design(trials, a.diversity, a.capacity, a.log2_capacity)
     half = noise.Z95 * noise.coefficient_eval_se(design, cells, cell_se)
-    if not half == half:
+    if math.isnan(half):
         return ""
     verdict = ("is smaller than the evaluation noise: another draw of held-out rows could move "
                "it that far, so the sweep cannot tell it from zero on that account alone"

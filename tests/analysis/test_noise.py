@@ -101,7 +101,8 @@ def test_budget_sentence_says_which_budget_held(smoke_copy):
     text = budget_sentence(compute_analysis(smoke_copy))
     assert "`train.steps` = 80 in every cell" in text
     assert "1.3 at 6 subtasks, 0.42 at 19 subtasks" in text  # 80 x 16 / (160 x subtasks)
-    spec = (smoke_copy / "sweep.yaml").read_text().replace("  steps: 80\n", "  steps: 80\n  epochs: 3\n")
+    spec = (smoke_copy / "sweep.yaml").read_text()
+    spec = spec.replace("  steps: 80\n", "  steps: 80\n  epochs: 3\n")
     (smoke_copy / "sweep.yaml").write_text(spec)
     a = compute_analysis(smoke_copy)
     assert a.budget == {"kind": "epochs", "value": 3}
