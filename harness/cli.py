@@ -21,7 +21,7 @@ from typing import Optional
 
 import typer
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Diversity x capacity sweeps for e-commerce LLM domain adaptation.")
@@ -53,13 +53,12 @@ def plan(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
     spec = _load(sweep_file, set_)
     trials = planned_trials(spec)
     summary = plan_summary(spec, trials)
-    if pilot is not None:
-        _plan_power(spec, trials, pilot, effect, diversity, capacity)
-        return
+    power = _plan_power(spec, trials, pilot, effect, diversity, capacity)
     if as_json:
         typer.echo(json.dumps({"trials": [{"trial_id": t.trial_id, "cell_id": t.cell_id,
                                            "kind": t.kind, "factors": t.factors} for t in trials],
-                               "summary": summary}, indent=2))
+                               "summary": summary, **({"power": power.to_dict()} if power else {})},
+                              indent=2))
         return
     typer.echo(f"sweep {spec.name}: {summary['trials']} trial(s) in {summary['cells']} cell(s) x "
                f"{summary['seeds_per_cell']} seed(s), base model {spec.base_model}, "
@@ -77,21 +76,27 @@ def plan(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
                    f"{summary['gpu_hours']} GPU-h")
     for warning in summary["warnings"]:
         typer.echo(f"warning: {warning}")
+    if power is not None:
+        from harness.analysis.power import format_plan
+
+        typer.echo("\n".join(format_plan(power, diversity, capacity)))
 
 
-def _plan_power(spec, trials, pilot: Path, effect: Optional[float], diversity: str,
-                capacity: str) -> None:
-    """The power section of `plan --pilot` (harness.analysis.power)."""
+def _plan_power(spec, trials, pilot: Optional[Path], effect: Optional[float], diversity: str,
+                capacity: str):
+    """`plan --pilot`: what the planned trials can detect, given the pilot's noise (or None)."""
+    if pilot is None:
+        if effect is not None:
+            raise InputError("--effect needs --pilot RESULTS_DIR: the noise comes from a pilot "
+                             "sweep's records")
+        return None
     import pandas as pd
 
-    from harness.analysis.power import estimate_noise, format_plan, plan_power
+    from harness.analysis.power import estimate_noise, plan_power
 
     planned = pd.DataFrame([{**t.factors, "cell_id": t.cell_id} for t in trials if t.kind == "trial"])
-    result = plan_power(planned, estimate_noise(pilot), diversity, capacity, effect=effect,
-                        eval_rows=spec.eval.per_subtask)
-    typer.echo(f"sweep {spec.name}: {len(planned)} trial(s) planned")
-    for line in format_plan(result, diversity, capacity):
-        typer.echo(line)
+    return plan_power(planned, estimate_noise(pilot), diversity, capacity, effect=effect,
+                      eval_rows=spec.eval.per_subtask)
 
 
 def _capacity_line(row: dict) -> str:

@@ -21,7 +21,7 @@ which the noncentral t (df = trials - 4, noncentrality effect / SE) rejects 80% 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +184,20 @@ class PowerPlan:
     seeds_for_effect: int | None = None
     seeds_for_effect_seed: int | None = None  # seed noise only
     notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """Plain JSON (NaN -> None), for `harness plan --pilot ... --json`."""
+        out = asdict(self)
+        out["noise"]["results_dir"] = str(self.noise.results_dir)
+        return {k: _json_value(v) for k, v in out.items()}
+
+
+def _json_value(value):
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def plan_power(planned: pd.DataFrame, noise: PilotNoise, diversity: str = "n_domains",

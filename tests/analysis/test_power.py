@@ -125,3 +125,26 @@ def test_replicate_keeps_one_row_per_cell():
     x, names = power.replicate(design, cells, 3)
     assert x.shape == (12, 4) and sorted(set(names)) == ["00", "01", "10", "11"]
     np.testing.assert_allclose(x[:4], x[4:8])
+
+
+def test_plan_pilot_json_carries_the_power_numbers():
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "plan", "sweeps/smoke.yaml", "--pilot", str(SMOKE),
+         "--effect", "0.01", "--json"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    data = json.loads(proc.stdout)
+    assert len(data["trials"]) == 9 and data["power"]["effect"] == 0.01
+    expected = power.plan_power(_smoke_plan(), power.estimate_noise(SMOKE), effect=0.01,
+                                eval_rows=16)
+    assert data["power"]["mde"] == pytest.approx(expected.mde)
+    assert data["power"]["seeds_for_effect"] is None  # 0.01 is under the evaluation-noise floor
+    assert data["power"]["seeds_for_effect_seed"] == expected.seeds_for_effect_seed
+
+
+def test_effect_without_a_pilot_exits_2():
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "plan", "sweeps/smoke.yaml",
+                           "--effect", "0.01"], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert proc.returncode == 2 and "--effect needs --pilot" in proc.stderr
