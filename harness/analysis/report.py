@@ -344,11 +344,15 @@ def _interaction_noise_sentence(a: Analysis) -> str:
     half = noise.Z95 * noise.coefficient_eval_se(design, cells, cell_se)
     if math.isnan(half):
         return ""
-    verdict = ("is smaller than the evaluation noise: another draw of held-out rows could move "
-               "it that far, so the sweep cannot tell it from zero on that account alone"
-               if noise.within_noise(a.fit.estimate, half) else "exceeds the evaluation noise")
-    return (f"The interaction {a.fit.estimate:+.4f} {verdict} (±{half:.4f}, 95%, treating each "
-            "cell's seeds as sharing their rows' luck and cells as independent: conservative).")
+    if noise.within_noise(a.fit.estimate, half):
+        verdict = (f"is smaller than the evaluation noise (±{half:.4f}, 95%): another draw of "
+                   "held-out rows could move it that far, so read it as a statement about these "
+                   "rows")
+    else:
+        verdict = f"exceeds the evaluation noise (±{half:.4f}, 95%)"
+    return (f"The interaction {a.fit.estimate:+.4f} {verdict}. That noise is an upper bound: it "
+            "treats each cell's seeds as sharing their rows' luck and different cells as judged on "
+            "independent rows, while every cell is judged on the same rows.")
 
 
 def _ablations(a: Analysis) -> str:
