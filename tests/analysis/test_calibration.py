@@ -13,7 +13,8 @@ import statsmodels.formula.api as smf
 
 from harness.analysis import compute_analysis
 from harness.analysis.calibration import SCHEMES, permutation_fpr
-from harness.analysis.stats import fit_interaction, frame_design, interaction_t
+from harness.analysis.stats import (DESIGN_COLUMNS, fit_interaction, frame_design,
+                                    interaction_t)
 from harness.errors import InputError
 
 SMOKE = Path(__file__).resolve().parents[1] / "fixtures" / "smoke_results"
@@ -27,8 +28,9 @@ def smoke():
 def test_design_matrix_is_the_one_statsmodels_fits(smoke):
     frame = pd.DataFrame({"score": smoke.trials["score"], "diversity": smoke.trials["n_domains"],
                           "capacity": np.log2(smoke.trials["lora_rank"].astype(float))})
-    exog = smf.ols("score ~ diversity * capacity", data=frame).fit().model.exog
-    np.testing.assert_allclose(frame_design(smoke.trials, "n_domains", "lora_rank"), exog)
+    model = smf.ols("score ~ diversity * capacity", data=frame).fit().model
+    np.testing.assert_allclose(frame_design(smoke.trials, "n_domains", "lora_rank"), model.exog)
+    assert model.exog_names == list(DESIGN_COLUMNS)
 
 
 def test_fast_refit_matches_the_reported_fit(smoke):
