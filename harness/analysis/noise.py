@@ -48,8 +48,13 @@ def is_row_mean(metric: str) -> bool:
 
 
 def task_se(score: float, metric: str, n: int, recorded: Any = None) -> tuple[float, str]:
-    """(se, source): the recorded SE when there is one, else the bound, else (nan, 'unknown')."""
-    if recorded is not None and _finite(recorded):
+    """(se, source): the recorded SE when there is one, else the bound, else (nan, 'unknown').
+
+    A recorded SE of 0 on a row mean (every row scored alike, e.g. 0 of 16 right) says the score
+    cannot move, which n rows cannot show; the bound stands in for it.
+    """
+    zero_on_row_mean = _finite(recorded) and float(recorded) == 0 and is_row_mean(metric)
+    if recorded is not None and _finite(recorded) and not zero_on_row_mean:
         return float(recorded), "record"
     if is_row_mean(metric):
         return bounded_se(score, n), "bound"
@@ -83,7 +88,7 @@ def task_noise(records: list[TrialRecord], eval_set: str | None) -> pd.DataFrame
 def _task_interval(ts: Any) -> dict[str, Any]:
     """se, source and 95% CI of one TaskScore (records keep unknown keys, so se may be there)."""
     se, source = task_se(ts.score, ts.metric, ts.n, getattr(ts, "se", None))
-    ci = getattr(ts, "ci95", None)
+    ci = getattr(ts, "ci95", None) if source == "record" else None
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(map(_finite, ci)):
         low, high = float(ci[0]), float(ci[1])
     elif math.isfinite(se):

@@ -31,6 +31,9 @@ def test_task_se_prefers_the_record_then_the_bound_then_says_unknown():
     se, source = noise.task_se(0.5, "micro f1", 100)  # pooled, not a row mean
     assert math.isnan(se) and source == "unknown"
     assert noise.task_se(0.5, "micro f1", 100, recorded=0.04) == (0.04, "record")
+    # a recorded 0 on a row mean (all rows alike) is not believed: the bound stands in
+    assert noise.task_se(0.0, "accuracy", 16, recorded=0.0) == (noise.bounded_se(0.0, 16), "bound")
+    assert noise.task_se(0.0, "micro f1", 16, recorded=0.0) == (0.0, "record")
 
 
 def test_overall_se_weights_tasks_as_the_overall_score_does():
