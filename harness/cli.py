@@ -1,6 +1,7 @@
 """The `harness` command: plan | sweep | trial | score | analyze | data.
 
     harness plan sweeps/smoke.yaml [--set train.steps=50] [--json]
+    harness plan sweeps/smoke.yaml --pilot results/smoke [--effect 0.01]   # power from a pilot
     harness sweep sweeps/smoke.yaml [--resume] [--address auto]
     harness trial sweeps/smoke.yaml --index 3          # one trial, no Ray (debugging, GPU checks)
     harness score BENCH.json RESPONSES.jsonl [--json]
@@ -20,7 +21,7 @@ from typing import Optional
 
 import typer
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Diversity x capacity sweeps for e-commerce LLM domain adaptation.")
@@ -38,7 +39,13 @@ def _load(sweep_file: Path, overrides: Optional[list[str]]):
 
 @app.command()
 def plan(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
-         as_json: bool = typer.Option(False, "--json", help="Machine-readable trial list.")):
+         as_json: bool = typer.Option(False, "--json", help="Machine-readable trial list."),
+         pilot: Optional[Path] = typer.Option(None, help="A pilot sweep's results: estimate its noise "
+                                              "and print what this design can detect."),
+         effect: Optional[float] = typer.Option(None, help="With --pilot: seeds per cell needed to "
+                                                "detect this interaction with 80% power."),
+         diversity: str = typer.Option("n_domains", help="With --pilot: the diversity factor."),
+         capacity: str = typer.Option("lora_rank", help="With --pilot: the capacity factor (log2).")):
     """Expand a sweep into trials and validate it, without running anything."""
     from harness.planning import format_count, plan_summary
     from harness.sweep import planned_trials
@@ -46,10 +53,12 @@ def plan(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
     spec = _load(sweep_file, set_)
     trials = planned_trials(spec)
     summary = plan_summary(spec, trials)
+    power = _plan_power(spec, trials, pilot, effect, diversity, capacity)
     if as_json:
         typer.echo(json.dumps({"trials": [{"trial_id": t.trial_id, "cell_id": t.cell_id,
                                            "kind": t.kind, "factors": t.factors} for t in trials],
-                               "summary": summary}, indent=2))
+                               "summary": summary, **({"power": power.to_dict()} if power else {})},
+                              indent=2))
         return
     typer.echo(f"sweep {spec.name}: {summary['trials']} trial(s) in {summary['cells']} cell(s) x "
                f"{summary['seeds_per_cell']} seed(s), base model {spec.base_model}, "
@@ -67,6 +76,27 @@ def plan(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
                    f"{summary['gpu_hours']} GPU-h")
     for warning in summary["warnings"]:
         typer.echo(f"warning: {warning}")
+    if power is not None:
+        from harness.analysis.power import format_plan
+
+        typer.echo("\n".join(format_plan(power, diversity, capacity)))
+
+
+def _plan_power(spec, trials, pilot: Optional[Path], effect: Optional[float], diversity: str,
+                capacity: str):
+    """`plan --pilot`: what the planned trials can detect, given the pilot's noise (or None)."""
+    if pilot is None:
+        if effect is not None:
+            raise InputError("--effect needs --pilot RESULTS_DIR: the noise comes from a pilot "
+                             "sweep's records")
+        return None
+    import pandas as pd
+
+    from harness.analysis.power import estimate_noise, plan_power
+
+    planned = pd.DataFrame([{**t.factors, "cell_id": t.cell_id} for t in trials if t.kind == "trial"])
+    return plan_power(planned, estimate_noise(pilot), diversity, capacity, effect=effect,
+                      eval_rows=spec.eval.per_subtask)
 
 
 def _capacity_line(row: dict) -> str:

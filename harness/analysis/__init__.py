@@ -11,6 +11,8 @@ Reads a sweep's records (never runs anything), so it imports without torch or ra
 
 Modules: load (records -> tables), stats (cell CIs, the OLS interaction, ANOVA, marginal gains),
 family (capacity as family x size: the interaction per adapter family, and whether it differs),
+noise (per-task evaluation SEs and CIs), calibration (the interaction test under permutations),
+power (what a planned design can detect, from a pilot: `harness plan SWEEP --pilot DIR`),
 tables (markdown), plots (Agg figures), pipeline (compute_analysis), compare (two sweeps),
 report (report.md), outputs (analyze: writes everything).
 """

@@ -126,12 +126,22 @@ def summary_dict(a: Analysis, other: Analysis | None = None,
         "marginal_gains": _records(a.gains),
         "trials": _records(a.trials), "failed": _records(a.failed),
         "warnings": list(a.warnings), "figures": dict(figures or {}),
+        "compute_budget": a.budget,
+        "evaluation_noise": {"trials": _records(a.eval_se),
+                             "tasks": _records(a.task_noise[_NOISE_COLUMNS])
+                             if not a.task_noise.empty else []},
+        "calibration": a.calibration.to_dict() if a.calibration is not None else None,
     }
     if other is not None:
         out["compare"] = {"sweep": other.sweep, "results_dir": str(other.loaded.results_dir),
                           "interaction": other.fit.to_dict(),
                           "cells": _records(compare_cells(a, other))}
     return _clean(out)
+
+
+# Per trial x task: enough to rebuild the report's noise statements without the records.
+_NOISE_COLUMNS = ["trial_id", "task", "track", "metric", "n", "score", "se", "se_source",
+                  "ci_low", "ci_high"]
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:

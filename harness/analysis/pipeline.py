@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 from pandas.api.types import is_numeric_dtype
 
-from harness.analysis import load
+from harness.analysis import load, noise
+from harness.analysis.calibration import PermutationResult, permutation_fpr
 from harness.analysis.family import FamilyComparison, compare_families, default_size, families
 from harness.analysis.load import BUDGET_SIZE, FAMILY
 from harness.analysis.stats import (InteractionFit, cell_means, design_notes, fit_interaction,
@@ -48,10 +49,27 @@ class Analysis:
     versus_baseline: pd.DataFrame  # per eval set: base model vs trained
     warnings: list[str] = field(default_factory=list)
     families: FamilyComparison | None = None  # per capacity family, when by_family is on
+    task_noise: pd.DataFrame = field(default_factory=pd.DataFrame)  # trial x task, with se and CI
+    eval_se: pd.DataFrame = field(default_factory=pd.DataFrame)  # per trial: overall's eval SE
+    calibration: PermutationResult | None = None  # the interaction test under permuted residuals
 
     @property
     def sweep(self) -> str:
         return self.loaded.sweep
+
+    @property
+    def budget(self) -> dict:
+        """The compute budget sweep.yaml declared: {'kind': 'epochs' | 'steps' | None, 'value'}.
+
+        `train.epochs` set means steps followed each mixture's size; otherwise `train.steps` held
+        in every cell (sweeps from before epochs existed are steps budgets).
+        """
+        train = self.loaded.spec.get("train") or {}
+        if train.get("epochs") is not None:
+            return {"kind": "epochs", "value": train["epochs"]}
+        if train.get("steps") is not None:
+            return {"kind": "steps", "value": train["steps"]}
+        return {"kind": None, "value": None}
 
     @property
     def baseline_score(self) -> float | None:
@@ -94,8 +112,17 @@ def compute_analysis(results_dir: Path, *, eval_set: str | None = None,
         families=_family_comparison(trials, diversity, capacity, log2_capacity, by_family,
                                     family_size),
     )
+    analysis.task_noise = noise.task_noise(loaded.trials, chosen)
+    analysis.eval_se = noise.trial_overall_se(analysis.task_noise)
+    if analysis.fit.estimable:
+        analysis.calibration = permutation_fpr(trials, diversity, capacity, log2=log2_capacity,
+                                               n_perm=CALIBRATION_PERMUTATIONS)
     analysis.warnings = _warnings(analysis)
     return analysis
+
+
+# Residual permutations behind the report's calibration line: milliseconds with interaction_t.
+CALIBRATION_PERMUTATIONS = 200
 
 
 def _family_comparison(trials: pd.DataFrame, diversity: str, capacity: str, log2: bool,

@@ -8,6 +8,8 @@ writes the PNG.
 
 from __future__ import annotations
 
+import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from harness.analysis.tables import level_label
 from harness.results import TrialRecord
 
 DPI = 120  # sharp enough for a README, small enough to commit
+TITLE_WIDTH = 34  # characters per panel-title line: two 4-inch panels side by side stay apart
 
 
 def new_figure(width: float = 6.4, height: float = 4.2) -> Figure:
@@ -85,17 +88,34 @@ def panels_figure(cells: pd.DataFrame, panel: str, diversity: str, capacity: str
                   title: str = "{panel} {value}", sharey: bool = False) -> Figure:
     """One interaction panel per level of `panel` (a track, a capacity family), two to a row."""
     values = sorted(cells[panel].unique(), key=str)
+    prefix, names = shared_prefix([str(v) for v in values])
     cols = min(len(values), 2)
     rows = -(-len(values) // cols)
     fig = new_figure(4.0 * cols, 3.2 * rows)
     axes = fig.subplots(rows, cols, squeeze=False, sharey=sharey)
-    for ax, value in zip(axes.flat, values):
+    for ax, value, name in zip(axes.flat, values, names):
         _interaction_lines(ax, cells[cells[panel] == value], diversity, capacity)
-        ax.set_title(title.format(panel=panel, value=value))
+        ax.set_title(textwrap.fill(title.format(panel=panel, value=name), TITLE_WIDTH),
+                     fontsize="medium")
+    if prefix:
+        fig.suptitle(f"{panel}: {prefix}…")
     for ax in list(axes.flat)[len(values):]:
         ax.set_visible(False)
     axes.flat[0].legend(title=capacity, fontsize="small")
     return fig
+
+
+def shared_prefix(names: list[str]) -> tuple[str, list[str]]:
+    """('amazon-kdd-cup-24-', the names without it) when every name shares a prefix that ends at a
+    '-', '_', ' ' or '/' and leaves each name something; ('', names) otherwise. Long track names
+    differ only at their ends, and their panel titles would run into each other."""
+    if len(names) < 2:
+        return "", names
+    common = os.path.commonprefix(names)
+    cut = max(common.rfind(sep) for sep in "-_ /") + 1
+    if cut == 0 or any(len(n) == cut for n in names):
+        return "", names
+    return common[:cut], [n[cut:] for n in names]
 
 
 def track_panels_figure(track_cells: pd.DataFrame, diversity: str, capacity: str) -> Figure:

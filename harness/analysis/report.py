@@ -8,16 +8,17 @@ curves, failed trials, and the comparison with another sweep when asked for.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import pandas as pd
 
-from harness.analysis import tables
+from harness.analysis import noise, tables
 from harness.analysis.compare import comparison_markdown
 from harness.analysis.family import FamilyComparison
 from harness.analysis.load import FAMILY
 from harness.analysis.pipeline import Analysis
-from harness.analysis.stats import ALPHA
+from harness.analysis.stats import ALPHA, frame_design
 from harness.analysis.tables import DASH, fmt, fmt_ci, fmt_level, fmt_p, markdown_table
 
 
@@ -28,7 +29,8 @@ def render_report(a: Analysis, figures: dict[str, str] | None = None,
     parts = [
         f"# Diversity x capacity analysis: `{a.sweep}`",
         _warnings(a), _what_was_run(a), _versus_baseline(a), _interaction(a, figures),
-        _families(a, figures), _gains(a), _ablations(a), _breakdowns(a, figures),
+        _families(a, figures), _gains(a), _noise_and_budget(a), _ablations(a),
+        _breakdowns(a, figures),
         _curves(figures), _failed(a),
     ]
     if other is not None:
@@ -241,12 +243,116 @@ def _gains(a: Analysis) -> str:
     head = f"## Marginal gain per added `{a.diversity}` level\n\n"
     if a.gains.empty:
         return head + "_Needs at least two diversity levels._"
+    cell_se = _cell_eval_se(a)
     rows = [[tables.level_label(a.capacity, g[a.capacity]),
              f"{fmt_level(g['from'])} → {fmt_level(g['to'])}",
-             fmt_ci(g.gain, g.ci_low, g.ci_high), f"{int(g.n_from)} / {int(g.n_to)}"]
+             fmt_ci(g.gain, g.ci_low, g.ci_high), f"{int(g.n_from)} / {int(g.n_to)}",
+             _gain_noise(g, cell_se, a.capacity)]
             for _, g in a.gains.iterrows()]
-    body = markdown_table([a.capacity, "step", "gain [95% Welch CI]", "n (from / to)"], rows)
-    return head + "Difference of consecutive levels' mean scores at each capacity.\n\n" + body
+    body = markdown_table([a.capacity, "step", "gain [95% Welch CI]", "n (from / to)",
+                           "eval noise (95%)"], rows)
+    return head + ("Difference of consecutive levels' mean scores at each capacity. The Welch CI "
+                   "is over seeds; the evaluation noise is how far another draw of held-out rows "
+                   "could move the gain (see the next section).\n\n") + body
+
+
+def _cell_eval_se(a: Analysis) -> pd.Series:
+    """Evaluation SE of each (diversity, capacity) cell's mean score."""
+    if a.eval_se.empty or a.trials.empty:
+        return pd.Series(dtype=float)
+    return noise.cell_eval_se(a.trials, a.eval_se, [a.diversity, a.capacity])
+
+
+def _gain_noise(g: pd.Series, cell_se: pd.Series, capacity: str) -> str:
+    half = noise.difference_noise(cell_se.get((g["from"], g[capacity]), float("nan")),
+                                  cell_se.get((g["to"], g[capacity]), float("nan")))
+    if math.isnan(half):  # no task SEs
+        return DASH
+    return f"±{half:.4f}" + (" (gain within it)" if noise.within_noise(g.gain, half) else "")
+
+
+def _noise_and_budget(a: Analysis) -> str:
+    """Which compute budget held, how noisy the evaluation is, whether the test is calibrated."""
+    parts = ["## Evaluation noise and compute budget", budget_sentence(a)]
+    if not a.task_noise.empty:
+        parts += [_eval_noise_sentence(a), _interaction_noise_sentence(a)]
+    if a.calibration is not None:
+        c = a.calibration
+        parts.append(f"Calibration: with this sweep's main effects kept and its residuals "
+                     f"permuted {c.n_perm} times (no interaction by construction; "
+                     f"{c.distinct} distinct), the interaction test rejected at p < {c.alpha:g} in "
+                     f"{100 * c.fpr:.1f}% of them (nominal {100 * c.alpha:g}%).")
+    return "\n\n".join(p for p in parts if p)
+
+
+def budget_sentence(a: Analysis) -> str:
+    """`train.steps` (equal compute per cell) or `train.epochs` (steps follow the mixture)."""
+    train = a.loaded.spec.get("train") or {}
+    steps = _span(a.trials["steps"].dropna().astype(int)) if "steps" in a.trials else DASH
+    kind, value = a.budget["kind"], fmt_level(a.budget["value"])
+    if kind == "epochs":
+        return (f"Compute budget: `train.epochs` = {value}. Steps follow each mixture's size "
+                f"({steps} steps here): every training row is seen about {value} times, as the "
+                "reference study trained, so a cell with more subtasks also gets more compute and "
+                "the diversity effect includes that compute.")
+    if kind is None:
+        return "Compute budget: the results hold no sweep.yaml saying which budget held."
+    return (f"Compute budget: `train.steps` = {value} in every cell (equal compute per cell). A "
+            f"cell with more subtasks sees each of them fewer times{_passes(a, train)}, so a "
+            "diversity effect here is measured at fixed compute, not at equal passes over each "
+            "row (`train.epochs` gives that).")
+
+
+def _passes(a: Analysis, train: dict) -> str:
+    """': 1.6 passes over each row at 6 subtasks, 0.4 at 19' from steps x batch / rows."""
+    batch = train.get("batch_size") or (train.get("micro_batch") * (train.get("grad_accum") or 1)
+                                        if isinstance(train.get("micro_batch"), int) else None)
+    rows = {r.run.trial_id: sum(r.data.examples.values()) for r in a.loaded.successful}
+    if not batch or "n_subtasks" not in a.trials or not all(rows.values()):
+        return ""
+    passes = a.trials["steps"] * batch / a.trials["trial_id"].map(rows)
+    by = passes.groupby(a.trials["n_subtasks"]).mean().sort_index()
+    if len(by) < 2:
+        return ""
+    text = ", ".join(f"{p:.2g} at {fmt_level(n)} subtasks" for n, p in by.items())
+    return f" (passes over each training row, unpacked: {text})"
+
+
+def _eval_noise_sentence(a: Analysis) -> str:
+    tn = a.task_noise
+    sources = tn["se_source"].value_counts()
+    half = noise.Z95 * a.eval_se["eval_se"]
+    told = ", ".join(f"{int(sources.get(s, 0))} {label}" for s, label in (
+        ("record", "from the records"), ("bound", "bounded by sqrt(s(1-s)/n)"),
+        ("unknown", "unknown (counted at 0.5/sqrt(n) in the overall)")) if sources.get(s, 0))
+    task_half = (tn["ci_high"] - tn["ci_low"]).median() / 2
+    return (f"The CIs over seeds treat the held-out rows as fixed. Each task is judged on "
+            f"{_span(tn['n'].astype(int))} rows, so one trial's task score moves by about "
+            f"±{task_half:.3f} (median 95% half-width; per task in the per-task table) with "
+            f"another draw of rows, and its overall score by ±{half.median():.4f}. Task SEs: "
+            f"{told}.")
+
+
+def _interaction_noise_sentence(a: Analysis) -> str:
+    """Compare the interaction with the evaluation noise of the coefficient itself."""
+    if not a.fit.estimable or a.eval_se.empty:
+        return ""
+    trials = a.trials.merge(a.eval_se, on="trial_id", how="left")
+    cells = list(zip(trials[a.diversity], trials[a.capacity]))
+    cell_se = trials.groupby([a.diversity, a.capacity])["eval_se"].transform("mean")
+    design = frame_design(trials, a.diversity, a.capacity, a.log2_capacity)
+    half = noise.Z95 * noise.coefficient_eval_se(design, cells, cell_se)
+    if math.isnan(half):
+        return ""
+    if noise.within_noise(a.fit.estimate, half):
+        verdict = (f"is smaller than the evaluation noise (±{half:.4f}, 95%): another draw of "
+                   "held-out rows could move it that far, so read it as a statement about these "
+                   "rows")
+    else:
+        verdict = f"exceeds the evaluation noise (±{half:.4f}, 95%)"
+    return (f"The interaction {a.fit.estimate:+.4f} {verdict}. That noise is an upper bound: it "
+            "treats each cell's seeds as sharing their rows' luck and different cells as judged on "
+            "independent rows, while every cell is judged on the same rows.")
 
 
 def _ablations(a: Analysis) -> str:
@@ -279,7 +385,9 @@ def _breakdowns(a: Analysis, figures: dict[str, str]) -> str:
         markdown_table(["track", "interaction [95% CI]", "p"], fits),
         _figure(figures, "tracks", "Per-track interaction panels"),
         "## Per-task breakdown",
-        tables.task_breakdown_table(a.tasks, a.baseline_tasks, a.diversity),
+        "Mean task score per diversity level; ± is one trial's evaluation noise (95% CI "
+        "half-width of its task score), and the last column marks changes within it.",
+        tables.task_breakdown_table(a.tasks, a.baseline_tasks, a.diversity, a.task_noise),
     ] if p)
 
 

@@ -139,6 +139,50 @@ def capacity_values(frame: pd.DataFrame, capacity: str, log2: bool = True) -> pd
     return np.log2(values) if log2 else values
 
 
+# The model matrix's columns, in the order statsmodels builds them from the formula.
+DESIGN_COLUMNS = ("Intercept", "diversity", "capacity", TERM)
+
+
+def interaction_design(diversity_values: Any, capacity_scaled: Any) -> np.ndarray:
+    """The model matrix of `score ~ diversity * capacity`: [1, d, c, d*c] per trial.
+
+    One construction for the fit (tests check it equals statsmodels' own), the permutation
+    calibration and the power calculation, so the three speak of the same coefficient.
+    capacity_scaled is already on the model's scale (see capacity_values).
+    """
+    d = np.asarray(diversity_values, dtype=float)
+    c = np.asarray(capacity_scaled, dtype=float)
+    return np.column_stack([np.ones_like(d), d, c, d * c])
+
+
+def frame_design(frame: pd.DataFrame, diversity: str, capacity: str,
+                 log2: bool = True) -> np.ndarray:
+    """interaction_design for a table of trials (analysed records or planned trials)."""
+    return interaction_design(frame[diversity], capacity_values(frame, capacity, log2))
+
+
+def interaction_t(design: np.ndarray, scores: Any) -> tuple[float, float, float, float]:
+    """(estimate, se, df, two-sided p) of the interaction by plain least squares.
+
+    The same numbers as fit_interaction without statsmodels' bookkeeping: thousands of refits (the
+    permutation calibration) take milliseconds. se and p are nan when the design is singular or the
+    fit is exact.
+    """
+    from scipy import stats as sps
+
+    y = np.asarray(scores, dtype=float)
+    coef, _, rank, _ = np.linalg.lstsq(design, y, rcond=None)
+    df = len(y) - design.shape[1]
+    if rank < design.shape[1] or df <= 0:
+        return float(coef[3]), math.nan, float(df), math.nan
+    resid = y - design @ coef
+    sigma2 = float(resid @ resid) / df
+    se = math.sqrt(sigma2 * np.linalg.inv(design.T @ design)[3, 3])
+    if se == 0:
+        return float(coef[3]), 0.0, float(df), math.nan
+    return float(coef[3]), se, float(df), float(2 * sps.t.sf(abs(coef[3] / se), df))
+
+
 def fit_interaction(frame: pd.DataFrame, diversity: str, capacity: str,
                     log2: bool = True) -> InteractionFit:
     """Fit score ~ diversity * capacity and report the interaction term with its CI and p-value."""

@@ -15,6 +15,7 @@ import pandas as pd
 
 from harness.analysis.family import FamilyComparison, residual_sd
 from harness.analysis.load import FAMILY
+from harness.analysis.noise import difference_noise, within_noise
 from harness.analysis.stats import InteractionFit, cell_means, mean_ci
 
 DASH = "—"
@@ -139,8 +140,14 @@ def frame_table(frame: pd.DataFrame, formats: dict[str, Any] | None = None) -> s
     return markdown_table([str(c) for c in frame.columns], rows)
 
 
-def task_breakdown_table(tasks: pd.DataFrame, baseline_tasks: pd.DataFrame, diversity: str) -> str:
-    """Per task: the base model, then the mean over trials per diversity level (all capacities)."""
+def task_breakdown_table(tasks: pd.DataFrame, baseline_tasks: pd.DataFrame, diversity: str,
+                         noise: pd.DataFrame | None = None) -> str:
+    """Per task: the base model, then the mean over trials per diversity level (all capacities).
+
+    With `noise` (harness.analysis.noise.task_noise) each mean carries the evaluation noise of one
+    trial's task score (± the mean 95% CI half-width over its trials), and a last column gives the
+    change from the lowest to the highest level, marked when it is within the evaluation noise.
+    """
     if tasks.empty:
         return "_No task scores._"
     levels = sorted(tasks[diversity].unique())
@@ -148,10 +155,46 @@ def task_breakdown_table(tasks: pd.DataFrame, baseline_tasks: pd.DataFrame, dive
     base = (baseline_tasks.groupby("task")["score"].mean() if not baseline_tasks.empty
             else pd.Series(dtype=float))
     meta = tasks.drop_duplicates("task").set_index("task").sort_values(["track", "task"])
+    with_noise = noise is not None and not noise.empty and len(levels) > 1
     headers = ["task", "track", "metric", "base", *(f"{diversity}={v}" for v in levels)]
-    rows = [[task, str(m.track), str(m.metric), fmt(base.get(task)),
-             *(fmt(means.get((task, v))) for v in levels)] for task, m in meta.iterrows()]
+    if not with_noise:
+        rows = [[task, str(m.track), str(m.metric), fmt(base.get(task)),
+                 *(fmt(means.get((task, v))) for v in levels)] for task, m in meta.iterrows()]
+        return markdown_table(headers, rows)
+    spread = _task_noise_by_level(noise, diversity)
+    headers[3:3] = ["rows"]
+    headers.append(f"{fmt_level(levels[-1])} − {fmt_level(levels[0])}")
+    rows = [[task, str(m.track), str(m.metric), fmt_level(m.n), fmt(base.get(task)),
+             *(_mean_pm(means.get((task, v)), spread, (task, v)) for v in levels),
+             _change(means, spread, task, levels[0], levels[-1])]
+            for task, m in meta.iterrows()]
     return markdown_table(headers, rows)
+
+
+def _task_noise_by_level(noise: pd.DataFrame, diversity: str) -> pd.DataFrame:
+    """Per (task, level): mean 95% half-width of one trial's task score, and its mean se."""
+    frame = noise.assign(half=(noise["ci_high"] - noise["ci_low"]) / 2)
+    return frame.groupby(["task", diversity]).agg(half=("half", "mean"), se=("se", "mean"))
+
+
+def _mean_pm(mean: Any, spread: pd.DataFrame, key: tuple) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return DASH
+    half = spread["half"].get(key, math.nan)
+    return f"{mean:.3f} ±{half:.3f}" if not math.isnan(half) else f"{mean:.3f} (± unknown)"
+
+
+def _change(means: pd.Series, spread: pd.DataFrame, task: str, low: Any, high: Any) -> str:
+    """'+0.125' or '+0.031 (within eval noise ±0.27)' (harness.analysis.noise.difference_noise)."""
+    a, b = means.get((task, high)), means.get((task, low))
+    if a is None or b is None:
+        return DASH
+    noise = difference_noise(spread["se"].get((task, high), math.nan),
+                             spread["se"].get((task, low), math.nan))
+    if math.isnan(noise):
+        return f"{a - b:+.3f} (eval noise unknown)"
+    return f"{a - b:+.3f}" + (f" (within eval noise ±{noise:.3f})" if within_noise(a - b, noise)
+                              else "")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,3 +27,26 @@ def test_plots_do_not_switch_the_global_backend():
     before = matplotlib.get_backend()
     plots.new_figure()
     assert matplotlib.get_backend() == before
+
+
+def test_track_panel_titles_do_not_overlap():
+    # The smoke fixture's tracks are 'amazon-kdd-cup-24-...' names of up to 49 characters.
+    from pathlib import Path
+
+    smoke = compute_analysis(Path(__file__).resolve().parents[1] / "fixtures" / "smoke_results")
+    fig = plots.track_panels_figure(smoke.track_cells, "n_domains", "lora_rank")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_visible()]
+    assert len(boxes) == 4
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    width = fig.bbox.width
+    assert all(0 <= b.x0 and b.x1 <= width for b in boxes)  # none runs off the canvas
+    assert "amazon-kdd-cup-24-" in fig.get_suptitle()
+
+
+def test_shared_prefix_cuts_at_a_separator_and_keeps_every_name():
+    assert plots.shared_prefix(["kdd-cup-a-x", "kdd-cup-b-y"]) == ("kdd-cup-", ["a-x", "b-y"])
+    assert plots.shared_prefix(["lora", "lora_mole"]) == ("", ["lora", "lora_mole"])  # leaves ""
+    assert plots.shared_prefix(["1", "2"]) == ("", ["1", "2"])
+    assert plots.shared_prefix(["only-one"]) == ("", ["only-one"])
