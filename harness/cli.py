@@ -6,6 +6,7 @@
     harness trial sweeps/smoke.yaml --index 3          # one trial, no Ray (debugging, GPU checks)
     harness score BENCH.json RESPONSES.jsonl [--json]
     harness analyze results/smoke [--compare results/other] [--capacity adapter_params] [--by-family]
+    harness analyze results/smoke --wandb               # + the analysis as a W&B run
     harness data show sweeps/smoke.yaml
 
 Bad input (an InputError) prints one clear message and exits 2; nothing is launched.
@@ -188,8 +189,14 @@ def analyze(results_dir: Path,
                 "test whether it differs (default: on when the records hold more than one family)."),
             family_size: Optional[str] = typer.Option(
                 None, help="Size axis of the per-family fits (default: budget_size when every trial "
-                "was matched to a parameter budget, else --capacity).")):
-    """Write report.md, summary.json and figures/ for a sweep's results."""
+                "was matched to a parameter budget, else --capacity)."),
+            wandb: bool = typer.Option(False, "--wandb", help="Also log the analysis as one W&B run "
+                                       "in the sweep's project and group (tables, figures)."),
+            wandb_mode: Optional[str] = typer.Option(None, help="offline, online or disabled "
+                                                     "(default: the sweep's wandb.mode)."),
+            wandb_project: Optional[str] = typer.Option(None, help="Default: the sweep's.")):
+    """Write report.md, summary.json and figures/ for a sweep's results (and, with --wandb, log
+    them to W&B: a W&B failure is reported and leaves them written)."""
     from harness.analysis import analyze as run_analysis
 
     summary = run_analysis(results_dir, compare=compare, diversity=diversity, capacity=capacity,
@@ -199,6 +206,11 @@ def analyze(results_dir: Path,
         verdict = "differs" if summary.families["differs"] else "shows no evidence of differing"
         typer.echo(f"interaction by capacity family: {verdict} between "
                    f"{', '.join(summary.families['fits'])} (see report)")
+    if wandb:
+        from harness.analysis.wandb_log import log_analysis
+
+        outcome = log_analysis(results_dir, mode=wandb_mode, project=wandb_project)
+        typer.echo(outcome.message(), err=not outcome.ok)
     return summary
 
 

@@ -159,9 +159,6 @@ def _execute(spec: TrialSpec, device: str, logger, reporter: Reporter | None,
         from harness.evaluate.scoring import format_floor
 
         artifacts = {**artifacts, "format_floor": {name: format_floor(rows) for name, rows in eval_sets.items()}}
-    for name, res in evals.items():
-        logger.summary({f"{name}/overall": res.overall, f"{name}/pooled": res.pooled,
-                        **{f"{name}/{t}": s.score for t, s in res.tasks.items()}})
     return TrialRecord(
         run=RunInfo(trial_id=spec.trial_id, cell_id=spec.cell_id, kind=spec.kind, sweep=spec.sweep,
                     factors=spec.factors),
@@ -532,14 +529,13 @@ def git_state() -> dict[str, Any]:
 
 def _start_logger(spec: TrialSpec, results_dir: Path, mode: str, project: str, entity: str | None,
                   init_timeout: float):
-    from harness.tracking import start_trial_run
+    from harness.tracking import start_trial_run, trial_config
 
+    config = trial_config(spec.factors, sweep=spec.sweep, kind=spec.kind, base_model=spec.base_model,
+                          cell_id=spec.cell_id, trial_id=spec.trial_id)
     return start_trial_run(sweep=spec.sweep, trial_id=spec.trial_id, cell_id=spec.cell_id,
-                           name=spec.name, config={**spec.factors, "kind": spec.kind,
-                                                   "base_model": spec.base_model,
-                                                   "cell_id": spec.cell_id, "trial_id": spec.trial_id},
-                           project=project, entity=entity, mode=mode, root=results_dir,
-                           init_timeout=init_timeout)
+                           name=spec.name, config=config, kind=spec.kind, project=project,
+                           entity=entity, mode=mode, root=results_dir, init_timeout=init_timeout)
 
 
 def _finish_logger(logger, record: TrialRecord | None) -> None:
@@ -547,6 +543,5 @@ def _finish_logger(logger, record: TrialRecord | None) -> None:
         logger.summary({"status": "interrupted"})
         logger.finish(exit_code=1)
         return
-    logger.summary({"status": record.train.status.value, "reason": record.train.reason,
-                    "train/final_loss": record.train.final_loss, "eval/loss": record.train.eval_loss})
+    logger.log_record(record)  # scores, diversity, status: see harness.tracking
     logger.finish(exit_code=0 if record.ok else 1)

@@ -12,7 +12,7 @@ import harness.analysis
 import harness.analysis.compare, harness.analysis.family, harness.analysis.load
 import harness.analysis.outputs
 import harness.analysis.pipeline, harness.analysis.plots, harness.analysis.report
-import harness.analysis.stats, harness.analysis.tables
+import harness.analysis.stats, harness.analysis.tables, harness.analysis.wandb_log
 import harness.analysis.calibration, harness.analysis.noise, harness.analysis.power
 heavy = sorted(m for m in ("torch", "ray") if m in sys.modules)
 assert not heavy, f"analysis imported {heavy}"
