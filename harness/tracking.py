@@ -147,7 +147,7 @@ def record_summary(record: TrialRecord) -> dict[str, Any]:
                 "train/final_loss": train.final_loss, "eval/loss": train.eval_loss,
                 "train/steps": train.steps, "train/tokens_per_s": train.tokens_per_s,
                 "train/wall_s": train.wall_s, "trainable_params": train.trainable_params})
-    return out
+    return {k: v for k, v in out.items() if v is not None}  # W&B keeps no nulls in a summary
 
 
 def start_trial_run(*, sweep: str, trial_id: str, cell_id: str, name: str, config: dict[str, Any],

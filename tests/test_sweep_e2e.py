@@ -99,3 +99,38 @@ def test_analyze_writes_a_report_with_baseline_and_figure(finished_sweep):
     assert (outcome.results_dir / "figures" / "interaction.png").stat().st_size > 1000
     summary = json.loads((outcome.results_dir / "summary.json").read_text())
     assert summary
+
+
+def test_analyze_wandb_logs_beside_the_trials_and_both_read_back(finished_sweep):
+    """The issue's end to end: an offline sweep, then `harness analyze --wandb`; a trial run and the
+    analysis run read back with wandb's own reader (tests/wandb_readback.py)."""
+    from wandb_readback import offline_runs, run_header, run_summary, table_rows
+
+    from harness.analysis import analyze
+    from harness.analysis.wandb_log import log_analysis
+
+    spec, outcome, killed, _ = finished_sweep
+    analyze(outcome.results_dir)
+    logged = log_analysis(outcome.results_dir)  # the sweep's wandb: block (offline, divcap-test)
+    assert logged.ok and logged.mode == "offline", logged.error
+    doc = json.loads((outcome.results_dir / "summary.json").read_text())
+    trial = next(t for t in planned_trials(spec) if t.kind == "trial" and t.trial_id != killed.trial_id)
+    runs = {"trial": offline_runs(outcome.results_dir / "wandb", f"e2e-{trial.trial_id}")[-1],
+            "analysis": logged.run_dir}
+    for kind, run_dir in runs.items():
+        header = run_header(run_dir)
+        assert header["run_group"] == "e2e" and header["job_type"] == kind and kind in header["tags"]
+        assert run_summary(run_dir)["project"] == "divcap-test"
+    read = run_summary(runs["trial"])
+    assert {k: read["config"][k] for k in ("n_domains", "lora_rank", "seed", "capacity_family")} == {
+        "n_domains": trial.factors["n_domains"], "lora_rank": trial.factors["lora_rank"],
+        "seed": trial.factors["seed"], "capacity_family": "lora"}
+    assert read["config"]["domains"] == "+".join(trial.domains)
+    record = next(r for r in load_records(outcome.results_dir)[0] if r.run.trial_id == trial.trial_id)
+    assert read["summary"]["overall"] == pytest.approx(record.eval["synthetic-heldout"].overall)
+    assert len([k for k in read["summary"] if k.startswith("track/")]) == 4
+    analysis = run_summary(runs["analysis"])["summary"]
+    assert table_rows(runs["analysis"], analysis["table/cells"]) == pytest.approx(doc["cells"])
+    assert not doc["interaction"]["estimate"]  # one seed per cell: not estimable, and says why
+    assert analysis["interaction/reason"] == doc["interaction"]["reason"] != ""
+    assert {f"figure/{name}" for name in doc["figures"]} <= set(analysis)

@@ -1,5 +1,5 @@
-"""W&B per trial: what a run carries, stable ids across a resume, and an unreachable server that
-must not cost the trial its record."""
+"""W&B per trial: what a run carries (read back from the offline run with wandb's own reader), stable
+ids across a resume, and an unreachable server that must not cost the trial its record."""
 
 from __future__ import annotations
 
@@ -8,10 +8,17 @@ import time
 
 import pytest
 
+from pathlib import Path
+
+from wandb_readback import history, offline_runs, run_header, run_summary
+
 from harness.config import expand_trials, validate_sweep
-from harness.results import read_record
-from harness.tracking import TrialLogger, shutdown_service, start_trial_run, wandb_run_id
+from harness.results import TrialStatus, read_record
+from harness.tracking import (TrialLogger, shutdown_service, start_trial_run, trial_config,
+                              wandb_run_id)
 from harness.trial import run_trial
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "smoke_results"
 
 SMALL = {"name": "track", "data": {"per_subtask": 8}, "eval": {"per_subtask": 1, "baseline": False},
          "grid": {"domains": {"each": ["concept"]}, "lora_rank": [2], "seed": [0]},
@@ -35,49 +42,102 @@ def one_thread():
 
 
 class FakeRun:
+    """A run whose calls fail, for the logger's own error handling."""
+
     def __init__(self, **kwargs):
-        self.init, self.logged, self.summary, self.finished = kwargs, [], {}, None
         self.id = kwargs["id"]
 
     def log(self, data, step=None):
-        self.logged.append((step, dict(data)))
+        pass
 
     def finish(self, exit_code=0):
-        self.finished = exit_code
+        pass
 
 
-def _fake_wandb(monkeypatch, runs: list):
-    """The real wandb module with init replaced: every call is captured, nothing is written."""
-    import wandb
+def _fixture_record(name: str = "a9bd837500aa"):
+    return read_record(FIXTURE / "trials" / f"{name}.json")
 
-    def init(**kwargs):
-        runs.append(FakeRun(**kwargs))
-        return runs[-1]
 
-    monkeypatch.setattr(wandb, "init", init)
+def test_a_trial_run_reads_back_with_every_factor_and_score(tmp_path, spec):
+    """What a finished trial logs (trial.py: trial_config at start, log_record at the end), read
+    back from the offline run with wandb's own reader. Scores come from a real smoke record."""
+    record = _fixture_record()
+    config = trial_config(spec.factors, sweep="track", kind="trial", base_model=spec.base_model,
+                          cell_id=spec.cell_id, trial_id=spec.trial_id)
+    logger = start_trial_run(sweep="track", trial_id=spec.trial_id, cell_id=spec.cell_id,
+                             name=spec.name, config=config, project="divcap-test", entity=None,
+                             mode="offline", root=tmp_path)
+    for step in (1, 2, 3):
+        logger.log({"train/loss": 1.0 / step}, step=step)
+    logger.log_record(record)
+    logger.finish()
+    (run_dir,) = offline_runs(tmp_path / "wandb", wandb_run_id("track", spec.trial_id))
+    header, read = run_header(run_dir), run_summary(run_dir)
+    assert header["run_group"] == "track" and header["job_type"] == "trial"
+    assert set(header["tags"]) == {"track", "trial"} and header["display_name"] == spec.name
+    c = read["config"]
+    assert c["domains"] == "concept" and c["n_domains"] == 1 and c["n_subtasks"] == 6
+    assert c["subtasks"] == "+".join(spec.subtasks) and c["volume"] == spec.volume
+    assert (c["lora_rank"], c["lora_alpha"], c["seed"]) == (2, 4.0, 0)
+    assert c["capacity_family"] == "lora" and c["capacity"] == "lora-r2"
+    assert c["adapter_params"] == spec.capacity.params and "capacity_budget" in c
+    assert (c["cell_id"], c["trial_id"], c["sweep"], c["kind"]) == (spec.cell_id, spec.trial_id,
+                                                                    "track", "trial")
+    s, heldout = read["summary"], record.eval["synthetic-heldout"]
+    assert s["eval_set"] == "synthetic-heldout"
+    assert s["overall"] == pytest.approx(heldout.overall) and s["pooled"] == pytest.approx(heldout.pooled)
+    assert len(heldout.tracks) == 4 and len(heldout.tasks) == 19
+    for track, score in heldout.tracks.items():
+        assert s[f"track/{track}"] == pytest.approx(score)
+        assert s[f"synthetic-heldout/track/{track}"] == pytest.approx(score)
+    for task, result in heldout.tasks.items():
+        assert s[f"task/{task}"] == pytest.approx(result.score)
+        assert s[f"synthetic-heldout/{task}"] == pytest.approx(result.score)
+    assert s["diversity/entropy"] == pytest.approx(record.data.diversity["entropy"])
+    assert s["diversity/n_domains"] == 1 and s["status"] == "success"
+    assert s["train/final_loss"] == pytest.approx(record.train.final_loss)
+    rows = history(run_dir)
+    assert [r["_step"] for r in rows if "train/loss" in r] == [1, 2, 3]
+    last = rows[-1]  # the scores against the factors (a line panel's x-axes), on the last step
+    assert last["_step"] == 3 and last["overall"] == pytest.approx(heldout.overall)
+    assert last["factor/lora_rank"] == 16 and last["factor/n_domains"] == 1  # the record's factors
+
+
+def test_a_failed_trial_logs_its_status_and_no_scores(tmp_path):
+    record = _fixture_record()
+    record.train.status, record.train.reason, record.eval = TrialStatus.FAILED, "boom", {}
+    logger = start_trial_run(sweep="s", trial_id="t", cell_id="c", name="n", config={},
+                             project="divcap-test", entity=None, mode="offline", root=tmp_path)
+    logger.log_record(record)
+    logger.finish(exit_code=1)
+    (run_dir,) = offline_runs(tmp_path / "wandb", "s-t")
+    s = run_summary(run_dir)["summary"]
+    assert s["status"] == "failed" and s["reason"] == "boom" and "overall" not in s
+    assert "eval_set" not in s and not history(run_dir)
 
 
 @pytest.mark.slow
-def test_a_trial_run_is_grouped_named_tagged_and_carries_losses_and_scores(tmp_path, monkeypatch, spec):
-    runs: list[FakeRun] = []
-    _fake_wandb(monkeypatch, runs)
+def test_a_real_trial_run_is_grouped_named_tagged_and_carries_losses_and_scores(tmp_path, spec):
     record = run_trial(spec, tmp_path, device="cpu", wandb_mode="offline", wandb_project="p",
                        wandb_init_timeout=7)
-    assert record.ok and len(runs) == 1
-    run = runs[0]
-    assert run.init["id"] == wandb_run_id("track", spec.trial_id) and run.init["resume"] == "allow"
-    assert run.init["group"] == spec.cell_id and run.init["name"] == spec.name == "d1-concept-t6-v8-lora-r2-s0"
-    assert run.init["tags"] == ["track"] and run.init["project"] == "p"
-    assert run.init["settings"].init_timeout == 7
-    assert run.init["config"]["lora_rank"] == 2 and run.init["config"]["trial_id"] == spec.trial_id
-    steps = [step for step, data in run.logged if "train/loss" in data]
-    assert steps == [1, 2, 3]
-    assert all("eval/loss" in data for _, data in run.logged)
+    assert record.ok
+    (run_dir,) = offline_runs(tmp_path / "wandb", wandb_run_id("track", spec.trial_id))
+    header, read = run_header(run_dir), run_summary(run_dir)
+    assert header["run_group"] == "track" and header["job_type"] == "trial"
+    assert header["display_name"] == spec.name == "d1-concept-t6-v8-lora-r2-s0"
+    assert set(header["tags"]) == {"track", "trial"} and read["project"] == "p"
+    assert read["config"]["lora_rank"] == 2 and read["config"]["trial_id"] == spec.trial_id
+    assert read["config"]["cell_id"] == spec.cell_id and read["config"]["domains"] == "concept"
+    rows = history(run_dir)
+    assert [r["_step"] for r in rows if "train/loss" in r] == [1, 2, 3]
+    assert all("eval/loss" in r for r in rows if "train/loss" in r)
     heldout = record.eval["synthetic-heldout"]
-    assert run.summary["synthetic-heldout/overall"] == heldout.overall
-    assert all(run.summary[f"synthetic-heldout/{task}"] == s.score for task, s in heldout.tasks.items())
-    assert run.summary["status"] == "success" and run.summary["eval/loss"] == record.train.eval_loss
-    assert run.finished == 0
+    s = read["summary"]
+    assert s["overall"] == pytest.approx(heldout.overall)
+    assert all(s[f"synthetic-heldout/{task}"] == pytest.approx(r.score)
+               for task, r in heldout.tasks.items())
+    assert s["status"] == "success" and s["eval/loss"] == pytest.approx(record.train.eval_loss)
+    assert s["diversity/n_subtasks"] == 6 and read["exit_code"] == 0
 
 
 @pytest.mark.slow
@@ -103,8 +163,11 @@ def test_run_ids_are_stable_across_a_resume(tmp_path):
     again.finish()
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and {r.name.rsplit("-", 1)[-1] for r in runs} == {"0123456789ab"}
-    assert wandb_run_id("x" * 80, "0123456789ab") == wandb_run_id("x" * 80, "0123456789ab")
-    assert len(wandb_run_id("x" * 80, "0123456789ab")) <= 64
+    long_id = wandb_run_id("x" * 80, "0123456789ab")
+    assert long_id == wandb_run_id("x" * 80, "0123456789ab") and len(long_id) == 64
+    # a long sweep name is cut, never the suffix: trials and the analysis keep distinct ids
+    assert long_id.endswith("-0123456789ab") and wandb_run_id("x" * 80, "analysis").endswith("-analysis")
+    assert wandb_run_id("x" * 80 + "a", "analysis") != wandb_run_id("x" * 80 + "b", "analysis")
 
 
 def test_disabled_mode_makes_no_run(tmp_path, monkeypatch):

@@ -10,9 +10,10 @@ It reads what analyze() wrote, summary.json and the figures it names, so the run
 report.md shows, and a W&B failure cannot touch them: they are on disk before W&B is imported.
 
 The run: id `<sweep>-analysis` (tracking.wandb_run_id), group = the sweep (the trials' group),
-job type and tag "analysis", in the project, entity and mode of the sweep's `wandb:` block
-(WANDB_MODE overrides the sweep's mode, as for trials, and an explicit mode overrides both; a sweep
-run with mode disabled gets an offline analysis run, since asking for one says to log). Everything goes in with one `log` call:
+job type and tag "analysis", in the project, entity and mode of the sweep's `wandb:` block.
+WANDB_MODE overrides the sweep's mode, as for trials, and an explicit mode overrides both; a sweep
+run with mode disabled gets an offline analysis run, since asking for one says to log. Everything
+goes in with one `log` call:
 
 - tables (`table/<name>`): every list of rows in summary.json (cells, track_cells, marginal_gains,
   versus_baseline, trials, failed, interaction/params, interaction/anova, and any section a later
@@ -21,9 +22,9 @@ run with mode disabled gets an offline analysis run, since asking for one says t
   (one row per family), `family_interactions/differences` and `family_interactions/cells`;
 - images (`figure/<name>`): every figure summary.json names (the report's figures);
 - a chart (`chart/score_by_capacity`): cell means against capacity, one line per diversity level;
-- summary scalars: `interaction/estimate`, `/ci_low`, `/ci_high`, `/p_value`, `/n_obs`, the same per
-  track (`interaction/track/<track>/...`) and per family (`interaction/family/<family>/...`),
-  `family/differs`, `baseline_score`, `counts/*`.
+- summary scalars: `interaction/estimate`, `/ci_low`, `/ci_high`, `/p_value`, `/n_obs` (or
+  `/reason` when it is not estimable), the same per track (`interaction/track/<track>/...`) and per
+  family (`interaction/family/<family>/...`), `family/differs`, `baseline_score`, `counts/*`.
 
 Re-running replaces rather than adds: the same id resumes the same run (its summary, which the
 project page shows, is overwritten; online, each re-run adds one history step), and offline the
@@ -46,7 +47,7 @@ from harness.tracking import wandb_mode, wandb_run_id
 ANALYSIS = "analysis"  # the run's job type, tag and id suffix
 # summary.json sections logged in their own way rather than as plain lists of rows.
 OWN_TABLES = ("track_interactions", "family_interactions", "warnings", "figures")
-FIT_SCALARS = ("estimate", "ci_low", "ci_high", "p_value", "n_obs")
+FIT_SCALARS = ("estimate", "ci_low", "ci_high", "p_value", "n_obs", "reason")  # reason: why not estimable
 DEFAULTS = {"project": "divcap", "entity": None, "mode": "offline", "init_timeout": 90.0}
 
 
@@ -259,7 +260,7 @@ def _scalars(doc: dict[str, Any]) -> dict[str, Any]:
         out.update(_fit_scalars(f"interaction/family/{name}", fit))
     if fam:
         out["family/differs"] = fam.get("differs")
-    return out
+    return {k: v for k, v in out.items() if v is not None}  # W&B keeps no nulls in a summary
 
 
 def _fit_scalars(prefix: str, fit: dict[str, Any] | None) -> dict[str, Any]:
