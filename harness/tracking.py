@@ -11,9 +11,9 @@ coordinates, scatter and line panels work from the project page without setup:
 
 - config (trial_config): every factor under its own name (domains and subtasks joined with "+", as
   in scores.parquet, so they group), plus sweep, kind, trial_id, cell_id, base_model.
-- history: train/loss and eval/loss per step, then one last row (score_row): `overall`, `pooled`,
-  `track/<track>` and the numeric factors as `factor/<name>`, the x-axes a line panel needs (W&B
-  plots lines only against logged values, not config).
+- history: train/loss and eval/loss per step; the last step also holds (score_row) `overall`,
+  `pooled`, `track/<track>` and the numeric factors as `factor/<name>`, the x-axes a line panel
+  needs (W&B plots lines only against logged values, not config).
 - summary (record_summary): that row, `task/<task>`, `diversity/<measure>`, for every eval set
   `<set>/overall`, `<set>/pooled`, `<set>/track/<track>`, `<set>/<task>`, and status, reason, losses.
   The unprefixed scores are the eval set the analysis reads by default (`eval_set`: the first name
@@ -58,7 +58,7 @@ class TrialLogger:
                 self._disable(exc)
 
     def log_record(self, record: TrialRecord) -> None:
-        """The finished trial's scores (one last history row) and its whole summary."""
+        """The finished trial's scores (into the last history step) and its whole summary."""
         if self._run is None:
             return
         try:
@@ -118,7 +118,7 @@ def primary_eval_set(record: TrialRecord) -> str | None:
 
 
 def score_row(record: TrialRecord) -> dict[str, Any]:
-    """The last history row of a scored trial: overall, pooled, per-track scores and the numeric
+    """The last history values of a scored trial: overall, pooled, per-track scores and the numeric
     factors; empty when the trial has no scores (failed before evaluation)."""
     name = primary_eval_set(record)
     if name is None:

@@ -46,6 +46,7 @@ def table_rows(run_dir: Path, entry: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def offline_runs(wandb_dir: Path, run_id: str) -> list[Path]:
-    """offline-run-<date>_<time>-<run id> folders of one run."""
+    """The offline folders of one run, oldest first: offline-run-<date>_<time>-<run id>, with "-1"
+    added when two start in the same second; each holds run-<run id>.wandb."""
     return sorted(p for p in Path(wandb_dir).glob("offline-run-*")
-                  if p.name.split("-", 3)[-1] == run_id)
+                  if (p / f"run-{run_id}.wandb").exists())

@@ -85,9 +85,10 @@ def log_analysis(results_dir: Path, *, project: str | None = None, entity: str |
     failure comes back as an outcome with ok=False and the reason.
     """
     results_dir = Path(results_dir)
-    settings = _settings(results_dir, project=project, entity=entity, mode=mode,
-                         init_timeout=init_timeout)
+    settings = {"mode": mode or "unknown"}
     try:
+        settings = _settings(results_dir, project=project, entity=entity, mode=mode,
+                             init_timeout=init_timeout)
         doc = _read_summary(results_dir)
         if settings["mode"] == "disabled":
             return WandbOutcome(ok=True, mode="disabled")
@@ -268,7 +269,8 @@ def _fit_scalars(prefix: str, fit: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _remove_older_copies(wandb_dir: Path, run_id: str, keep: Path) -> None:
-    """Offline folders of this run other than `keep` (offline-run-<date>_<time>-<run id>)."""
-    for folder in wandb_dir.glob(f"offline-run-*-{run_id}"):
-        if folder.name.split("-", 3)[-1] == run_id and folder.resolve() != keep.resolve():
+    """Offline folders of this run other than `keep`. A folder is offline-run-<date>_<time>-<id>,
+    with "-1" added when two start in the same second, so the run is told by its log file's name."""
+    for folder in wandb_dir.glob("offline-run-*"):
+        if (folder / f"run-{run_id}.wandb").exists() and folder.resolve() != keep.resolve():
             shutil.rmtree(folder, ignore_errors=True)
