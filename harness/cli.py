@@ -190,8 +190,9 @@ def analyze(results_dir: Path,
             family_size: Optional[str] = typer.Option(
                 None, help="Size axis of the per-family fits (default: budget_size when every trial "
                 "was matched to a parameter budget, else --capacity)."),
-            wandb: bool = typer.Option(False, "--wandb", help="Also log the analysis as one W&B run "
-                                       "in the sweep's project and group (tables, figures)."),
+            wandb: Optional[bool] = typer.Option(
+                None, "--wandb/--no-wandb", help="Also log the analysis as one W&B run in the "
+                "sweep's project and group (tables, figures); default: the sweep's wandb.analysis."),
             wandb_mode: Optional[str] = typer.Option(None, help="offline, online or disabled "
                                                      "(default: the sweep's wandb.mode)."),
             wandb_project: Optional[str] = typer.Option(None, help="Default: the sweep's.")):
@@ -206,9 +207,9 @@ def analyze(results_dir: Path,
         verdict = "differs" if summary.families["differs"] else "shows no evidence of differing"
         typer.echo(f"interaction by capacity family: {verdict} between "
                    f"{', '.join(summary.families['fits'])} (see report)")
-    if wandb:
-        from harness.analysis.wandb_log import log_analysis
+    from harness.analysis.wandb_log import analysis_run_wanted, log_analysis
 
+    if analysis_run_wanted(results_dir) if wandb is None else wandb:
         outcome = log_analysis(results_dir, mode=wandb_mode, project=wandb_project)
         typer.echo(outcome.message(), err=not outcome.ok)
     return summary

@@ -294,6 +294,7 @@ class WandbSpec(Spec):
     entity: str | None = None
     mode: Literal["offline", "online", "disabled"] = "offline"
     init_timeout: float = Field(default=90, gt=0)  # seconds to wait for the server; then the trial goes on without W&B
+    analysis: bool = False  # `harness analyze` also logs the analysis as a W&B run (as --wandb does)
 
 
 class SearchSpec(Spec):

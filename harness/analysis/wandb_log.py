@@ -1,6 +1,7 @@
 """The analysis as one W&B run beside the sweep's trials: tables, figures and headline numbers.
 
     harness analyze results/smoke --wandb                  # the sweep's wandb: project and mode
+    # or in the sweep: wandb: {project: divcap, mode: offline, analysis: true}
     wandb sync --yes results/smoke/wandb/offline-run-*     # offline runs: trials and analysis
 
     from harness.analysis.wandb_log import log_analysis
@@ -95,6 +96,11 @@ def log_analysis(results_dir: Path, *, project: str | None = None, entity: str |
         return _log(results_dir, doc, settings)
     except Exception as exc:  # noqa: BLE001 - W&B must never cost the local results
         return WandbOutcome(ok=False, mode=settings["mode"], error=_one_line(exc))
+
+
+def analysis_run_wanted(results_dir: Path) -> bool:
+    """Whether the sweep asked for the analysis run (wandb.analysis: true in its sweep.yaml)."""
+    return _sweep_wandb_block(Path(results_dir)).get("analysis") is True
 
 
 def _one_line(exc: Exception) -> str:

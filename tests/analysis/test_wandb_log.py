@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from synth_results import make_family_results
 from wandb_readback import offline_runs, run_header, run_summary, table_rows
 
@@ -158,10 +159,14 @@ def test_a_wandb_failure_leaves_the_report_and_says_what_failed(tmp_path, breaka
     assert reason in proc.stderr.split("not logged", 1)[1]
 
 
-def test_the_cli_logs_the_analysis_with_wandb(tmp_path):
+def test_the_sweeps_wandb_analysis_setting_logs_the_analysis_without_the_flag(tmp_path):
     results = tmp_path / "smoke_results"
     shutil.copytree(FIXTURE, results)
-    proc = harness("analyze", str(results), "--wandb", "--wandb-mode", "offline")
+    spec = yaml.safe_load((results / "sweep.yaml").read_text())
+    assert spec["wandb"]["mode"] == "disabled"  # the sweep ran without W&B: the analysis goes offline
+    spec["wandb"]["analysis"] = True
+    (results / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    proc = harness("analyze", str(results))
     assert proc.returncode == 0, proc.stderr
     assert f"W&B: analysis run {RUN_ID} (offline" in proc.stdout
     assert len(offline_runs(results / "wandb", RUN_ID)) == 1
