@@ -209,7 +209,8 @@ def analyze(results_dir: Path,
                    f"{', '.join(summary.families['fits'])} (see report)")
     from harness.analysis.wandb_log import analysis_run_wanted, log_analysis
 
-    if analysis_run_wanted(results_dir) if wandb is None else wandb:
+    wanted = wandb if wandb is not None else analysis_run_wanted(results_dir)
+    if wanted:  # after the report is written: nothing W&B does can lose it
         outcome = log_analysis(results_dir, mode=wandb_mode, project=wandb_project)
         typer.echo(outcome.message(), err=not outcome.ok)
     return summary

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import time
-
-import pytest
-
 from pathlib import Path
 
+import pytest
 from wandb_readback import history, offline_runs, run_header, run_summary
 
 from harness.config import expand_trials, validate_sweep
