@@ -25,7 +25,8 @@ goes in with one `log` call:
 - a chart (`chart/score_by_capacity`): cell means against capacity, one line per diversity level;
 - summary scalars: `interaction/estimate`, `/ci_low`, `/ci_high`, `/p_value`, `/n_obs` (or
   `/reason` when it is not estimable), the same per track (`interaction/track/<track>/...`) and per
-  family (`interaction/family/<family>/...`), `family/differs`, `baseline_score`, `counts/*`.
+  family (`interaction/family/<family>/...`), `family/differs`, `baseline_score`, and the plain
+  values of every other section as `<section>/<name>` (`counts/trials`, `calibration/fpr`, ...).
 
 Re-running replaces rather than adds: the same id resumes the same run (its summary, which the
 project page shows, is overwritten; online, each re-run adds one history step), and offline the
@@ -48,6 +49,8 @@ from harness.tracking import wandb_mode, wandb_run_id
 ANALYSIS = "analysis"  # the run's job type, tag and id suffix
 # summary.json sections logged in their own way rather than as plain lists of rows.
 OWN_TABLES = ("track_interactions", "family_interactions", "warnings", "figures")
+# summary.json sections whose plain values are not logged as `<section>/<name>` summary scalars.
+OWN_SCALARS = ("interaction", "track_interactions", "family_interactions", "figures")
 FIT_SCALARS = ("estimate", "ci_low", "ci_high", "p_value", "n_obs", "reason")  # reason: why not estimable
 DEFAULTS = {"project": "divcap", "entity": None, "mode": "offline", "init_timeout": 90.0}
 
@@ -258,7 +261,10 @@ def _capacity_chart(wandb: Any, doc: dict[str, Any]) -> Any:
 def _scalars(doc: dict[str, Any]) -> dict[str, Any]:
     """Headline numbers for the run summary and the runs table."""
     out: dict[str, Any] = {"baseline_score": doc.get("baseline_score")}
-    out.update({f"counts/{k}": v for k, v in (doc.get("counts") or {}).items()})
+    for key, section in doc.items():  # counts, calibration, compute_budget, ... as <key>/<name>
+        if isinstance(section, dict) and key not in OWN_SCALARS:
+            out.update({f"{key}/{k}": v for k, v in section.items()
+                        if isinstance(v, (int, float, str, bool))})
     out.update(_fit_scalars("interaction", doc.get("interaction")))
     for track, fit in (doc.get("track_interactions") or {}).items():
         out.update(_fit_scalars(f"interaction/track/{track}", fit))

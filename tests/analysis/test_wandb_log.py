@@ -57,6 +57,10 @@ def test_headline_numbers_are_summary_scalars(logged):
         assert s[f"interaction/track/{track}/ci_low"] == pytest.approx(fit["ci_low"])
     assert s["baseline_score"] == pytest.approx(doc["baseline_score"])
     assert s["counts/trials"] == 8
+    for key, value in doc["calibration"].items():  # the permutation check's false-positive rate
+        assert s[f"calibration/{key}"] == pytest.approx(value)
+    noise = table_rows(logged[1].run_dir, s["table/evaluation_noise/trials"])
+    assert noise == pytest.approx(doc["evaluation_noise"]["trials"])
 
 
 def test_tables_hold_the_cells_interactions_and_gains(logged):
