@@ -74,7 +74,7 @@ class EvalSpec(Spec):
     sets: list[Union[Literal["builtin:synthetic-heldout"], EvalSetRef]] = Field(
         default_factory=lambda: [SYNTHETIC_HELDOUT]
     )
-    per_subtask: int = Field(default=24, ge=1)  # held-out questions per synthetic subtask
+    per_subtask: int = Field(default=100, ge=1)  # held-out questions per synthetic subtask (95% CI half-width <= 0.10)
     batch_size: int = Field(default=64, ge=1)
     prompt_format: Literal["auto", "raw", "chat"] = "auto"  # auto: chat template when the tokenizer has one
     mc_logits: bool = False  # score multiple-choice options from one forward pass instead of generating
@@ -93,6 +93,11 @@ class TrainSpec(Spec):
     grad_accum: int = Field(default=1, ge=1)  # micro-batches per optimiser step (auto: derived from batch_size)
     batch_size: int | None = Field(default=None, ge=1)  # sequences per optimiser step; needed by micro_batch auto
     max_seq_len: int = Field(default=256, ge=16)  # tokens; longer examples are truncated from the left
+    # How a multiple-choice row is answered, in training and in evaluation: digit (ShopBench: the
+    # option's number) or option_text (the option's own text, lm-eval style: evaluation picks the
+    # option whose text the model finds likeliest and scores that option's number). option_text is
+    # for models too small to learn which number points at an option (builtin:tiny); see README.
+    mc_answer: Literal["digit", "option_text"] = "digit"
     # Pack each micro-batch's samples into padding-free rows; position ids restart per sample, so no
     # sample attends across a boundary. SDPA and eager build a dense block-diagonal mask whose cost
     # grows with the square of a row, so rows are bounded by pack_length (unset: the longest sample).
@@ -407,6 +412,8 @@ class TrialSpec(Spec):
                 dump["train"].pop(added_later)
         if dump["data"]["world"] == WorldSpec().model_dump():  # likewise the default world
             dump["data"].pop("world")
+        if dump["train"]["mc_answer"] == "digit":  # and the default answer form
+            dump["train"].pop("mc_answer")
         if dump["train"].get("epochs") is not None or dump["train"]["steps"] is None:
             dump["train"].pop("steps")  # follows from epochs and the mixture's size
         cap = self.capacity

@@ -42,8 +42,8 @@ TINY_SHAPE = {
     "num_key_value_heads": 2,
     "max_position_embeddings": 512,
 }
-TINY_PRETRAIN = {"steps": 400, "batch": 16, "seq_len": 128, "lr": 3e-3, "seed": 0, "world_seed": 0}
-TINY_VERSION = 1  # bump when the recipe changes in a way the fingerprint cannot see
+TINY_PRETRAIN = {"steps": 1000, "batch": 16, "seq_len": 128, "lr": 3e-3, "seed": 0, "world_seed": 0}
+TINY_VERSION = 2  # bump when the recipe changes in a way the fingerprint cannot see
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<unk>"]
 
 

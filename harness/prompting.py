@@ -8,6 +8,7 @@ or free text.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 PromptFormat = Literal["raw", "chat"]
@@ -37,9 +38,30 @@ def format_prompt(input_field: str, tokenizer: Any, fmt: PromptFormat) -> str:
     return input_field.rstrip() + "\n"
 
 
-def render_answer(row: dict[str, Any]) -> str:
-    """The training target for a row, in the form the task type's parser reads."""
+McAnswer = Literal["digit", "option_text"]
+_OPTION_LINE = re.compile(r"^\s*(\d+)\.\s+(.*\S)\s*$", re.MULTILINE)
+
+
+def option_texts(prompt: str) -> list[str]:
+    """The option texts a multiple-choice prompt lists as '0. ...', '1. ...' (the last such run)."""
+    runs: list[list[str]] = []
+    for match in _OPTION_LINE.finditer(prompt):
+        k = int(match.group(1))
+        if k == 0:
+            runs.append([match.group(2)])
+        elif runs and k == len(runs[-1]):
+            runs[-1].append(match.group(2))
+    return runs[-1] if runs else []
+
+
+def render_answer(row: dict[str, Any], mc_answer: McAnswer = "digit") -> str:
+    """The training target for a row, in the form the task type's parser reads (multiple-choice with
+    mc_answer option_text: the chosen option's text, which evaluation maps back to its number)."""
     out, task_type = row["output_field"], row["task_type"]
+    if task_type == "multiple-choice" and mc_answer == "option_text":
+        options = option_texts(row["input_field"])
+        if int(out) < len(options):
+            return options[int(out)]
     if task_type == "multiple-choice":
         return str(int(out))
     if task_type == "ranking":

@@ -24,7 +24,7 @@ from harness.config import TrainSpec
 from harness.distributed import DistContext, loss_terms
 from harness.fastloss import IGNORE_INDEX, ChunkedLossModel, logits_postprocessing
 from harness.levers import attention_kernel, compile_decoder_layers, enable_activation_checkpointing, make_adamw
-from harness.prompting import PromptFormat, format_prompt, render_answer
+from harness.prompting import McAnswer, PromptFormat, format_prompt, render_answer
 
 log = logging.getLogger(__name__)
 LogFn = Callable[[int, float], None]
@@ -58,11 +58,11 @@ class Example:
 
 
 def encode_example(row: dict[str, Any], tokenizer: Any, fmt: PromptFormat, max_len: int,
-                   group: str = "") -> Example:
+                   group: str = "", mc_answer: McAnswer = "digit") -> Example:
     """Prompt and answer are tokenised separately so the prompt tokens match what generation sees."""
     prompt_ids = tokenizer(format_prompt(row["input_field"], tokenizer, fmt),
                            add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(render_answer(row), add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(render_answer(row, mc_answer), add_special_tokens=False)["input_ids"]
     answer_ids = answer_ids + [tokenizer.eos_token_id]
     # Truncate the prompt from the left: the question's tail (options, "Answer:") matters most.
     keep = max(max_len - len(answer_ids), 1)
@@ -229,7 +229,8 @@ def train_lora(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: Tra
     dist = dist or DistContext.single(device)
     adapted = as_adapted(model)
     torch.manual_seed(seed)
-    examples = [encode_example(r, tokenizer, fmt, spec.max_seq_len, adapted.group_of(r)) for r in rows]
+    examples = [encode_example(r, tokenizer, fmt, spec.max_seq_len, adapted.group_of(r), spec.mc_answer)
+                for r in rows]
     with attention_kernel(adapted.model, spec.attention, device):
         return _train(adapted, examples, tokenizer.pad_token_id, spec, seed=seed, device=device,
                       on_log=on_log, dist=dist)
@@ -384,7 +385,8 @@ def eval_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: Trai
     total, count = 0.0, 0
     for group, members in group_rows(adapted, rows).items():
         adapted.route(group)
-        examples = [encode_example(rows[i], tokenizer, fmt, spec.max_seq_len) for i in members]
+        examples = [encode_example(rows[i], tokenizer, fmt, spec.max_seq_len, mc_answer=spec.mc_answer)
+                    for i in members]
         for i in range(0, len(examples), batch_size):
             batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size],
                                                          tokenizer.pad_token_id).items()}

@@ -260,7 +260,7 @@ def respond(adapted: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: Tria
         adapted.route(group)
         answers = generate_responses(adapted.model, tokenizer, [rows[i] for i in members], fmt=fmt,
                                      batch_size=spec.eval.batch_size, device=device,
-                                     mc_logits=spec.eval.mc_logits)
+                                     mc_logits=spec.eval.mc_logits, mc_answer=spec.train.mc_answer)
         for i, answer in zip(members, answers):
             responses[i] = answer
     return responses

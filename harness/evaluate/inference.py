@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from harness.prompting import MAX_NEW_TOKENS, PromptFormat, format_prompt
+from harness.prompting import MAX_NEW_TOKENS, McAnswer, PromptFormat, format_prompt, option_texts
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,24 @@ GenerateFn = Callable[[list[str], int], list[str]]  # (prompts, max_new_tokens) 
 @torch.no_grad()
 def generate_responses(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, fmt: PromptFormat,
                        batch_size: int, device: str, max_prompt_tokens: int = 1024,
-                       mc_logits: bool = False) -> list[str]:
-    """One raw response per row, in order. mc_logits: answer multiple-choice rows by option logits."""
+                       mc_logits: bool = False, mc_answer: McAnswer = "digit") -> list[str]:
+    """One raw response per row, in order. mc_logits: answer multiple-choice rows by option logits;
+    mc_answer option_text: by the likeliest option text (the response is that option's number)."""
     prompts = [format_prompt(r["input_field"], tokenizer, fmt) for r in rows]
     responses = [""] * len(rows)
     with _left_sided(tokenizer):
-        fast = mc_option_rows(rows, prompts, tokenizer) if mc_logits else {}
-        if fast:
+        if mc_answer == "option_text":
+            texts = {i: option_texts(r["input_field"]) for i, r in enumerate(rows) if r["task_type"] == MC}
+            fast = {i: opts for i, opts in texts.items() if opts}
+            choices = answer_by_option_text(model, tokenizer, [prompts[i] for i in fast], list(fast.values()),
+                                            batch_size=batch_size, device=device,
+                                            max_prompt_tokens=max_prompt_tokens)
+            for i, choice in zip(fast, choices):
+                responses[i] = str(choice)
+            fast = dict.fromkeys(fast)  # answered: generation skips them
+        else:
+            fast = mc_option_rows(rows, prompts, tokenizer) if mc_logits else {}
+        if fast and mc_answer == "digit":
             idx = sorted(fast, key=lambda i: len(prompts[i]))
             choices = answer_by_option_logits(model, tokenizer, [prompts[i] for i in idx],
                                               [fast[i] for i in idx], batch_size=batch_size,
@@ -155,6 +166,53 @@ def answer_by_option_logits(model: Any, tokenizer: Any, prompts: Sequence[str],
                 scores = torch.stack([row_logits[ids].max() for ids in opts])
                 choices.append(int(scores.argmax()))
     return choices
+
+
+@torch.no_grad()
+def answer_by_option_text(model: Any, tokenizer: Any, prompts: Sequence[str], options: Sequence[list[str]], *,
+                          batch_size: int, device: str, max_prompt_tokens: int = 1024) -> list[int]:
+    """For each prompt, the option whose text (then EOS) has the highest summed log-probability as
+    the continuation: lm-eval's multiple-choice scoring by continuation likelihood."""
+    seqs, owner = [], []
+    for i, (prompt, opts) in enumerate(zip(prompts, options)):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        for text in opts:
+            answer = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            keep = max(_prompt_budget(model, max_prompt_tokens, len(answer)), 1)
+            seqs.append((prompt_ids[-keep:], answer))
+            owner.append(i)
+    scores = [_continuation_logprob(model, seqs[k : k + batch_size], tokenizer.pad_token_id, device)
+              for k in range(0, len(seqs), batch_size)]
+    flat = [x for chunk in scores for x in chunk]
+    best: dict[int, tuple[float, int]] = {}
+    counts: dict[int, int] = {}
+    for i, score in zip(owner, flat):
+        k = counts.get(i, 0)
+        counts[i] = k + 1
+        if i not in best or score > best[i][0]:
+            best[i] = (score, k)
+    return [best[i][1] for i in range(len(prompts))]
+
+
+def _continuation_logprob(model: Any, seqs: list[tuple[list[int], list[int]]], pad_id: int,
+                          device: str) -> list[float]:
+    """Summed log-probability of each answer after its prompt; left-padded batch, positions from the mask."""
+    width = max(len(p) + len(a) for p, a in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, (p, a) in enumerate(seqs):
+        tokens = p + a
+        ids[row, width - len(tokens):] = torch.tensor(tokens)
+        mask[row, width - len(tokens):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float(), -1)
+    out = []
+    for row, (_, a) in enumerate(seqs):
+        start = width - len(a)  # the answer's first token is predicted at start - 1
+        picked = logprobs[row, start - 1 : width - 1].gather(-1, ids[row, start:width].unsqueeze(-1))
+        out.append(float(picked.sum()))
+    return out
 
 
 def _last_logits(model: Any, tokenizer: Any, prompts: list[str], device: str,

@@ -17,8 +17,9 @@ and ~20% of keys are held out. Equal prompts therefore always fall in the same s
 
 The corpus states facts (category pages, lexicon lines, review vocabulary, brand and material facts,
 product pages with reviews and what they say about which aspect, what each search names and finds,
-sessions) and never uses the task prompts or their answer layouts ("Answer:", "Output:", numbered
-options). Held-out reviews, queries, sessions, also-bought links and translations are left out of it.
+sessions) and never uses the task prompts. Generic multiple-choice drills (`_drill_pages`) do use the
+numbered-option layout, as the instruction data of a real LLM would: they teach answering by content,
+not any subtask's question. Held-out reviews, queries, sessions, also-bought links and translations are left out of it.
 Pure Python: no numpy, no global random state, no iteration over sets.
 """
 
@@ -31,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-WORLD_VERSION = 1  # bump when the world or the corpus changes, so cached pretrained models rebuild
+WORLD_VERSION = 2  # bump when the world or the corpus changes, so cached pretrained models rebuild
 HELDOUT_PERCENT = 20  # share of entity keys held out for evaluation
 
 # ---------------------------------------------------------------------------------------------
@@ -698,6 +699,73 @@ def _search_pages(world: World, rng: random.Random) -> list[str]:
     return ["\n".join(facts[i:i + 8]) for i in range(0, len(facts), 8)]
 
 
+# ---------------------------------------------------------------------------------------------
+# Drills: generic multiple-choice exercises over the world's vocabulary. An instruction-tuned LLM
+# arrives knowing how to answer a numbered-option question; a tiny model does not, and LoRA on a few
+# hundred steps cannot teach it. The drills teach the layout and the habit of choosing by content
+# (which word is in a title, which word is a color, a translation, a department, the larger number),
+# never a subtask's question: those stay for fine-tuning to teach.
+
+DRILLS_PER_WORLD = 6000
+_DRILL_KINDS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "color": COLORS, "material": ATTRIBUTE_VALUES["material"], "department": DEPARTMENTS,
+    "product type": tuple(c["name"] for c in _CATEGORY_TABLE), "brand": tuple(BRANDS), "size": SIZES,
+})
+_DRILL_WORDS = tuple(w for words in _DRILL_KINDS.values() for w in words)
+
+
+def _drill(question: str, correct: str, distractors: list[str], rng: random.Random) -> str:
+    options = [correct] + distractors
+    rng.shuffle(options)
+    lines = [f"Drill: {question}"] + [f"{i}. {o}" for i, o in enumerate(options)]
+    return "\n".join(lines) + f"\nAnswer: {options.index(correct)}"
+
+
+def _drill_mention(world: World, rng: random.Random) -> str:
+    p = rng.choice(world.products)
+    inside = [p.brand, p.category] + [v for _, v in p.attrs]
+    word = rng.choice(inside)
+    pool = [w for w in _DRILL_WORDS if w not in inside and w not in p.title]
+    return _drill(f"which of these words is in '{p.title}'?", word, rng.sample(pool, 3), rng)
+
+
+def _drill_kind(world: World, rng: random.Random) -> str:
+    kind = rng.choice(list(_DRILL_KINDS))
+    pool = [w for w in _DRILL_WORDS if w not in _DRILL_KINDS[kind]]
+    return _drill(f"which of these is a {kind}?", rng.choice(_DRILL_KINDS[kind]), rng.sample(pool, 3), rng)
+
+
+def _drill_translation(world: World, rng: random.Random) -> str:
+    lang = rng.choice(tuple(LANGUAGES))
+    words = rng.sample(list(LEXICON), 4)
+    foreign = [translate_word(w, lang) for w in words]
+    if len(set(foreign)) < 4:  # a few words share a spelling across the lexicon
+        return _drill_kind(world, rng)
+    return _drill(f"which of these is the {LANGUAGES[lang]} word for '{words[0]}'?", foreign[0], foreign[1:], rng)
+
+
+def _drill_department(world: World, rng: random.Random) -> str:
+    cat = rng.choice(list(world.categories.values()))
+    others = [c.name for c in world.categories.values() if c.department != cat.department]
+    return _drill(f"which of these is sold in the {cat.department} department?", cat.name,
+                  rng.sample(others, 3), rng)
+
+
+def _drill_number(world: World, rng: random.Random) -> str:
+    numbers = rng.sample(range(1, 60), 4)
+    largest = rng.random() < 0.5
+    best = max(numbers) if largest else min(numbers)
+    return _drill(f"which of these numbers is the {'largest' if largest else 'smallest'}?", str(best),
+                  [str(n) for n in numbers if n != best], rng)
+
+
+_DRILLS = (_drill_mention, _drill_kind, _drill_translation, _drill_department, _drill_number)
+
+
+def _drill_pages(world: World, rng: random.Random) -> list[str]:
+    return [rng.choice(_DRILLS)(world, rng) for _ in range(DRILLS_PER_WORLD)]
+
+
 @functools.lru_cache(maxsize=4)
 def _corpus(seed: int) -> tuple[str, ...]:
     world = build_world(seed)
@@ -710,6 +778,7 @@ def _corpus(seed: int) -> tuple[str, ...]:
             reviews.setdefault(r.product, []).append(r)
     pages = [_product_page(world, p, reviews.get(p.index, []), rng) for p in world.products]
     pages += _search_pages(world, rng)
+    pages += _drill_pages(world, random.Random(f"drills|{seed}"))
     rng.shuffle(pages)
     return tuple(fixed + pages)
 
