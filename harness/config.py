@@ -9,15 +9,19 @@ InputError, so a researcher fixes a sweep file in one pass. Nothing here imports
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import itertools
 import json
 import math
+import re
+import types
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from harness.errors import InputError, did_you_mean
 from harness.tasks.sources import SourceSpec
@@ -27,9 +31,57 @@ SYNTHETIC_HELDOUT = "builtin:synthetic-heldout"
 
 
 class Spec(BaseModel):
-    """Base for every spec block: unknown keys are errors (typos must not pass silently)."""
+    """Base for every spec block: unknown keys are errors (typos must not pass silently), a boolean is
+    not a number (`lora_rank: [true]` must not run rank 1), and nan / inf are not numbers either."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        for name, info in cls.model_fields.items():
+            where = _misplaced_bool(info.annotation, value.get(name)) if name in value else None
+            if where is not None:
+                raise PydanticCustomError(
+                    "bool_not_number", "{field}: {value} is a boolean, not a number or text; YAML reads "
+                    "unquoted true/false/yes/no/on/off as booleans: write the number, or quote the text",
+                    {"field": name + where, "value": json.dumps(_first_bool(value[name]))})
+        return value
+
+
+def _admits_bool(annotation: Any) -> bool:
+    if annotation is bool or annotation is Any:
+        return True
+    if get_origin(annotation) is Literal:
+        return any(isinstance(a, bool) for a in get_args(annotation))
+    if get_origin(annotation) in (Union, types.UnionType):
+        return any(_admits_bool(a) for a in get_args(annotation))
+    return False
+
+
+def _list_item_types(annotation: Any) -> list[Any]:
+    if get_origin(annotation) is list:
+        return list(get_args(annotation)[:1])
+    if get_origin(annotation) in (Union, types.UnionType):
+        return [t for a in get_args(annotation) for t in _list_item_types(a)]
+    return []
+
+
+def _misplaced_bool(annotation: Any, value: Any) -> str | None:
+    """'' (the value itself) or '[i]' (a list item) where a boolean sits in place of a number or
+    text; None when there is none. Nested blocks check their own fields."""
+    if isinstance(value, bool):
+        return None if _admits_bool(annotation) else ""
+    items = _list_item_types(annotation) if isinstance(value, list) else []
+    if items and not any(_admits_bool(t) for t in items):
+        return next((f"[{i}]" for i, v in enumerate(value) if isinstance(v, bool)), None)
+    return None
+
+
+def _first_bool(value: Any) -> Any:
+    return value if isinstance(value, bool) else next(v for v in value if isinstance(v, bool))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,8 +369,25 @@ class SearchSpec(Spec):
         return {"method": value} if isinstance(value, str) else value
 
 
+class LimitsSpec(Spec):
+    """Sizes past which a sweep is refused as a likely typo (a rank of 100000000, a 10^6-trial grid).
+    Each is a guard, not a hard limit: raise one on purpose, e.g. --set limits.max_trials=500000."""
+
+    max_trials: int = Field(default=100_000, ge=1)  # trials in the grid; `plan` of 10^5 takes seconds
+    max_rank: int = Field(default=4096, ge=1)  # LoRA rank per adapter / expert (past a 7B's hidden size/1)
+    max_experts: int = Field(default=256, ge=1)  # mole experts per adapted layer
+    max_rows: int = Field(default=10_000_000, ge=1)  # rows per subtask (data.per_subtask, grid.volume, eval.per_subtask)
+    max_steps: int = Field(default=10_000_000, ge=1)  # optimiser steps per trial
+    max_seq_len: int = Field(default=131_072, ge=16)  # tokens per sample or packed row
+    max_batch: int = Field(default=65_536, ge=1)  # sequences (micro_batch, batch_size, grad_accum, eval.batch_size)
+
+
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit; torch's are 64-bit: the smaller one bounds every seed
+
+
 class SweepSpec(Spec):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    # A plain folder name: results go to <output_dir>/<name>/, so no separators and not "." or "..".
+    name: str
     base_model: str = "builtin:tiny"
     trust_remote_code: bool = False
     data: DataSpec = Field(default_factory=DataSpec)
@@ -330,6 +399,15 @@ class SweepSpec(Spec):
     wandb: WandbSpec = Field(default_factory=WandbSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     output_dir: str = "results"  # results go to <output_dir>/<name>/ (on a cluster: storage every node sees)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)  # sizes refused as likely typos (overridable)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", value) or set(value) == {"."}:
+            raise ValueError(f"{value!r} is not a plain folder name: results go to <output_dir>/<name>/, so "
+                             "use 1-100 letters, digits, '_', '-' or '.', not only dots, e.g. name: smoke")
+        return value
 
     @property
     def results_dir(self) -> Path:
@@ -444,9 +522,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise InputError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. --set train.steps=50")
     key, _, raw = text.partition("=")
-    if not key.strip():
-        raise InputError(f"--set {text!r}: empty key")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    path = key.strip().split(".")
+    if not all(part.strip() for part in path):
+        raise InputError(f"--set {text!r}: empty key or key part; write KEY.PATH=VALUE, e.g. --set train.steps=50")
+    if not raw.strip():
+        return path, None
+    try:
+        return path, load_yaml_text(raw)
+    except YamlProblem as exc:
+        raise InputError(f"--set {text!r}: the value is not plain YAML ({exc}); close its brackets or quotes, "
+                         "or quote the whole value as text, e.g. --set 'name=\"my:sweep\"'") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -488,6 +573,10 @@ def _pydantic_problems(exc: ValidationError) -> list[str]:
         if err["type"] == "literal_error" and isinstance(err.get("input"), dict):
             continue  # a mapping was given, so the union's string branch is not what was meant
         loc, msg = _format_loc(err["loc"]), err["msg"].removeprefix("Value error, ")
+        if err["type"] == "bool_not_number":  # raised by the block, about one of its fields
+            field = err["ctx"]["field"]
+            loc = field if loc == "(top level)" else f"{loc}.{field}"
+            msg = msg.split(": ", 1)[1]
         if err["type"] == "extra_forbidden":
             moved = MOVED_KEYS.get(".".join(str(p) for p in err["loc"]))
             msg = f"moved to {moved} (capacity settings live in the capacity block)" if moved else \
@@ -512,15 +601,107 @@ def _suggest_key(loc: tuple[Any, ...]) -> str:
     return did_you_mean(str(loc[-1]), names)
 
 
-def read_yaml_mapping(path: str | Path, what: str, example_keys: str) -> dict[str, Any]:
-    """A YAML file that must hold a mapping; every failure is an InputError naming the file."""
-    path = Path(path)
+MAX_CONFIG_BYTES = 10 * 2**20  # a sweep or generation spec is a page of YAML, not a data file
+MAX_YAML_ALIASES = 100  # alias (*name) uses per document: enough for reuse, too few for an alias bomb
+CORE_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map", "merge"))
+
+
+class YamlProblem(yaml.YAMLError):
+    """A YAML document we refuse although PyYAML would read it (duplicate keys, tags, alias bombs)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (naming both lines), tags outside YAML's core schema and
+    alias bombs, and reads unquoted dates as text (a config holds no timestamps)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases_seen = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases_seen += 1
+            if self.aliases_seen > MAX_YAML_ALIASES:
+                raise YamlProblem(f"more than {MAX_YAML_ALIASES} alias (*name) uses; write the values out")
+        return super().compose_node(parent, index)
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        if node.tag not in CORE_TAGS:
+            line = node.start_mark.line + 1
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            raise YamlProblem(f"line {line}: YAML tag {tag!r} is not accepted (plain strings, numbers, "
+                              "booleans, lists and mappings only); remove the tag, or quote the value")
+        return super().construct_object(node, deep)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (list, dict)):
+                raise YamlProblem(f"line {line}: a mapping key must be plain text or a number")
+            if key in seen:
+                raise YamlProblem(f"key {key!r} appears twice (line {seen[key]} and line {line}); the second "
+                                  "would silently replace the first: merge them into one")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+def load_yaml_text(text: str) -> Any:
+    """One YAML document, strictly (see _StrictLoader); YamlProblem on anything it refuses."""
+    loader = _StrictLoader(text)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return loader.get_single_data()
+    except YamlProblem:
+        raise
+    except yaml.YAMLError as exc:
+        raise YamlProblem(" ".join(str(exc).split())) from None
+    except RecursionError:
+        raise YamlProblem("nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def read_text_file(path: str | Path, what: str) -> str:
+    """A UTF-8 text file; every failure is an InputError naming the file and how to fix it."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; give the {what} itself")
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise InputError(f"{path}: {path.stat().st_size} bytes is too large for a {what} "
+                             f"(at most {MAX_CONFIG_BYTES} bytes); give the YAML file, not a data file")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{path}: {what} not found") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in data:
+        raise InputError(f"{path}: the {what} is not UTF-8 text (it looks like UTF-16 or a binary file); "
+                         "save it as UTF-8 text")
+    try:
+        return data.decode("utf-8-sig")  # -sig: tolerate a byte-order mark
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: the {what} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                         "save it as UTF-8 text") from None
+
+
+def read_yaml_mapping(path: str | Path, what: str, example_keys: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; every failure is an InputError naming the file."""
+    text = read_text_file(path, what)
+    try:
+        raw = load_yaml_text(text)
+    except YamlProblem as exc:
+        raise InputError(f"{path}: not valid YAML for a {what}: {exc}") from None
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
         raise InputError(f"{path}: a {what} must be a YAML mapping ({example_keys})")
     return raw
@@ -650,8 +831,90 @@ def semantic_problems(spec: SweepSpec) -> list[str]:
 
     problems += (_resource_problems(spec) + _train_schedule_problems(spec.train) + _search_problems(spec)
                  + _world_problems(spec.data))
-    # Capacity settings are resolved per data cell and rank, which needs the rest to be valid first.
-    return problems + capacity_problems(spec, resolve=not problems)
+    problems += _base_model_problems(spec.base_model) + _limit_problems(spec)
+    problems += capacity_problems(spec, resolve=False)
+    if problems:
+        return problems
+    # Count before resolving (a 10^9-trial grid is refused, not expanded); capacity settings are
+    # resolved per data cell and rank, which needs the rest to be valid first.
+    return _trial_count_problems(spec) or capacity_problems(spec, resolve=True)
+
+
+def _base_model_problems(base_model: str) -> list[str]:
+    """A base model that cannot exist is refused at plan time, not after Ray has started."""
+    from harness.model import BUILTIN_IDS  # imports no torch at module level
+
+    if base_model.startswith("builtin:"):
+        if base_model in BUILTIN_IDS:
+            return []
+        return [f"base_model: unknown builtin model {base_model!r}{did_you_mean(base_model, BUILTIN_IDS)}; "
+                f"known: {', '.join(BUILTIN_IDS)}"]
+    path = Path(base_model).expanduser()
+    looks_local = (path.is_absolute() or base_model.startswith((".", "~")) or "\\" in base_model
+                   or base_model.count("/") != 1)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            return [f"base_model: {base_model} is not a model directory (no config.json in it); give the "
+                    "directory that save_pretrained wrote, a hub id (org/name) or builtin:tiny"]
+        return []
+    if looks_local:
+        return [f"base_model: local model directory {base_model} does not exist; fix the path (relative "
+                "paths are read from the directory you run in), or give a hub id (org/name) or builtin:tiny"]
+    return []
+
+
+def _limit_problems(spec: SweepSpec) -> list[str]:
+    """Sizes past spec.limits (likely typos) and seeds past what the random generators take."""
+    lim, tr = spec.limits, spec.train
+    checks = [("grid.lora_rank", spec.grid.lora_rank or [], lim.max_rank, "max_rank"),
+              ("capacity.rank", [spec.capacity.rank or 1], lim.max_rank, "max_rank"),
+              ("capacity.experts", [spec.capacity.experts], lim.max_experts, "max_experts"),
+              ("data.per_subtask", [spec.data.per_subtask], lim.max_rows, "max_rows"),
+              ("grid.volume", spec.grid.volume or [], lim.max_rows, "max_rows"),
+              ("eval.per_subtask", [spec.eval.per_subtask], lim.max_rows, "max_rows"),
+              ("train.steps", [tr.steps or 1], lim.max_steps, "max_steps"),
+              ("train.max_seq_len", [tr.max_seq_len], lim.max_seq_len, "max_seq_len"),
+              ("train.pack_length", [tr.pack_length or 16], lim.max_seq_len, "max_seq_len"),
+              ("train.micro_batch", [tr.micro_batch if isinstance(tr.micro_batch, int) else 1], lim.max_batch, "max_batch"),
+              ("train.batch_size", [tr.batch_size or 1], lim.max_batch, "max_batch"),
+              ("train.grad_accum", [tr.grad_accum], lim.max_batch, "max_batch"),
+              ("eval.batch_size", [spec.eval.batch_size], lim.max_batch, "max_batch")]
+    for i, entry in enumerate(spec.grid.capacity or []):
+        for key, name in (("rank", "max_rank"), ("experts", "max_experts")):
+            value = entry.get(key) if isinstance(entry, dict) else None
+            if isinstance(value, int):
+                checks.append((f"grid.capacity[{i}].{key}", [value], getattr(lim, name), name))
+    problems = []
+    for field, values, limit, name in checks:
+        for i, v in enumerate(values):
+            if v > limit:
+                where = f"{field}[{i}]" if len(values) > 1 or field in ("grid.lora_rank", "grid.volume") else field
+                problems.append(f"{where}: {v} is past limits.{name} ({limit}), likely a typo; use a smaller "
+                                f"value, or raise the limit on purpose with --set limits.{name}={v}")
+    seeds = [("grid.seed", spec.grid.seed), ("data.world_seed", [spec.data.world_seed]),
+             ("data.mixture_seed", [spec.data.mixture_seed]), ("search.sampler_seed", [spec.search.sampler_seed])]
+    for field, values in seeds:
+        problems += [f"{field}: {v} must be between 0 and {SEED_MAX} (a 32-bit seed)"
+                     for v in values if not 0 <= v <= SEED_MAX and (field != "grid.seed" or v >= 0)]
+    return problems
+
+
+def count_trials(spec: SweepSpec) -> int:
+    """Trials the grid expands to (without the baseline), computed without expanding it."""
+    from harness.capacity.settings import variants
+
+    found = variants(spec)
+    settings = (len(spec.capacity.match_params) * len(found) if spec.capacity.match_params
+                else sum(1 if v.get("rank") else len(spec.grid.ranks) for v in found))
+    return len(data_sets(spec)) * len(spec.grid.volume or [1]) * settings * len(spec.grid.seed)
+
+
+def _trial_count_problems(spec: SweepSpec) -> list[str]:
+    n = count_trials(spec)
+    if n <= spec.limits.max_trials:
+        return []
+    return [f"grid: {n} trials is past limits.max_trials ({spec.limits.max_trials}); shrink the grid, or "
+            f"raise the limit on purpose with --set limits.max_trials={n}"]
 
 
 def _world_problems(data: DataSpec) -> list[str]:
