@@ -14,6 +14,7 @@ Bad input (an InputError) prints one clear message and exits 2; nothing is launc
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -261,6 +262,14 @@ def main() -> None:
     except HarnessError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = exc.filename or "a results file"
+        typer.echo(f"error: no space left on the device writing {where}: free some space, or point "
+                   "output_dir at a disk with room, and run the command again (files are written "
+                   "atomically: what was written before is intact and no partial file is left)", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
