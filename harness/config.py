@@ -10,6 +10,7 @@ InputError, so a researcher fixes a sweep file in one pass. Nothing here imports
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import itertools
 import json
@@ -465,15 +466,36 @@ class TrialSpec(Spec):
             "seed": self.seed,
         }
 
-    @property
+    @functools.cached_property
     def cell_id(self) -> str:
-        identity = self.identity()
-        identity.pop("seed")
-        return content_hash(identity)[:12]
+        parts = dict(self._identity_json)
+        parts.pop("seed")
+        return _joined_hash(parts)[:12]
 
-    @property
+    @functools.cached_property
     def trial_id(self) -> str:
-        return content_hash(self.identity())[:12]
+        return _joined_hash(self._identity_json)[:12]
+
+    @functools.cached_property
+    def _identity_json(self) -> dict[str, str]:
+        """identity()'s top-level entries, each as canonical JSON: the ids hash them joined, which is
+        content_hash(identity()) byte for byte. The data, eval and train blocks, shared by every trial
+        of a sweep, are rendered once per sweep (_block_json), so `plan` of 10^5 trials takes seconds."""
+        cap = self.capacity
+        classic = cap is None or cap.is_classic_lora
+        lora = cap or AdapterSpec(rank=1, alpha=1.0)  # the baseline hashed the defaults
+        extra = (dict(lora_alpha=lora.alpha_rule, lora_dropout=lora.dropout, target_modules=lora.target_modules)
+                 if classic else {})
+        parts = {name: _plain_json(getattr(self, name)) for name in
+                 ("sweep", "base_model", "trust_remote_code", "volume", "seed", "kind")}
+        parts.update(domains=_names_json(self.domains), subtasks=_names_json(self.subtasks))
+        parts.update(data=_block_json(self.data, IDENTITY_EXCLUDE["data"]), eval=_block_json(self.eval),
+                     train=_block_json(self.train, IDENTITY_EXCLUDE["train"], extra))
+        if classic:
+            parts.update(lora_rank=_plain_json(self.lora_rank), lora_alpha=_plain_json(self.lora_alpha))
+        else:
+            parts["capacity"] = _block_json(cap, {"params"})
+        return parts
 
     def identity(self) -> dict[str, Any]:
         """What the ids hash: the spec minus bookkeeping. Plain-LoRA trials and the baseline keep
@@ -509,8 +531,51 @@ class TrialSpec(Spec):
 
 def content_hash(obj: Any) -> str:
     """sha256 of a canonical JSON rendering: key order and whitespace never change a hash."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(_canonical(obj).encode()).hexdigest()
+
+
+# json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str), without building an encoder per call
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _canonical(obj: Any) -> str:
+    return _CANONICAL.encode(obj)
+
+
+def _joined_hash(parts: dict[str, str]) -> str:
+    """content_hash of the mapping whose entries `parts` holds already rendered (same bytes)."""
+    blob = "{" + ",".join(f"{_CANONICAL.encode(key)}:{parts[key]}" for key in sorted(parts)) + "}"
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=65536, typed=True)  # typed: True and 1 render differently
+def _plain_json(value: Any) -> str:
+    """A scalar (or a tuple of names) rendered canonically, memoised: trials repeat the same values."""
+    return _CANONICAL.encode(value)
+
+
+def _names_json(value: list[str]) -> str:
+    return _plain_json(tuple(value)) if all(isinstance(v, str) for v in value) else _canonical(value)
+
+
+_BLOCK_JSON: dict[tuple[int, str], tuple[Spec, str]] = {}  # (id(block), extra) -> (block kept alive, JSON)
+
+
+def _block_json(block: Spec, exclude: set[str] | None = None, extra: dict[str, Any] | None = None) -> str:
+    """A spec block as identity() renders it (`exclude` out, an unset train batch_size out, `extra`
+    in), memoised per block object: a sweep's trials share their data, eval, train and capacity blocks."""
+    key = (id(block), _canonical(extra) if extra else "")
+    hit = _BLOCK_JSON.get(key)
+    if hit is not None and hit[0] is block:
+        return hit[1]
+    dump = block.model_dump(exclude=exclude)
+    if isinstance(block, TrainSpec) and dump["batch_size"] is None:  # added later; unset, it must not change older ids
+        dump.pop("batch_size")
+    text = _canonical({**dump, **(extra or {})})
+    if len(_BLOCK_JSON) > 4096:
+        _BLOCK_JSON.clear()
+    _BLOCK_JSON[key] = (block, text)
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1074,10 +1139,11 @@ def expand_trials(spec: SweepSpec) -> list[TrialSpec]:
     for domains, subtasks in data_sets(spec):
         settings = capacity_settings(spec, domains, subtasks)  # per data set: volume does not change them
         for volume, capacity, seed in itertools.product(volumes, settings, spec.grid.seed):
-            trials.append(TrialSpec(
+            # Built from parts validated already: model_construct skips re-validating each one (10^5 trials)
+            trials.append(TrialSpec.model_construct(
                 sweep=spec.name, base_model=spec.base_model, trust_remote_code=spec.trust_remote_code,
                 data=spec.data, eval=spec.eval, train=spec.train, domains=domains, subtasks=subtasks,
-                volume=volume, capacity=capacity, seed=seed,
+                volume=volume, capacity=capacity, seed=seed, kind="trial",
             ))
     return trials
 
