@@ -721,8 +721,9 @@ _StrictLoader.yaml_implicit_resolvers = {
 
 def load_yaml_text(text: str) -> Any:
     """One YAML document, strictly (see _StrictLoader); YamlProblem on anything it refuses."""
-    loader = _StrictLoader(text)
+    loader = None
     try:
+        loader = _StrictLoader(text)  # its reader refuses control characters already
         return loader.get_single_data()
     except YamlProblem:
         raise
@@ -731,7 +732,8 @@ def load_yaml_text(text: str) -> Any:
     except RecursionError:
         raise YamlProblem("nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_text_file(path: str | Path, what: str) -> str:
