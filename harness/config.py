@@ -920,9 +920,16 @@ def _base_model_problems(base_model: str) -> list[str]:
     looks_local = (path.is_absolute() or base_model.startswith((".", "~")) or "\\" in base_model
                    or base_model.count("/") != 1)
     if path.exists():
-        if not (path / "config.json").is_file():
+        config = path / "config.json"
+        if not config.is_file():
             return [f"base_model: {base_model} is not a model directory (no config.json in it); give the "
                     "directory that save_pretrained wrote, a hub id (org/name) or builtin:tiny"]
+        try:
+            if not isinstance(json.loads(config.read_bytes()), dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError, RecursionError) as exc:
+            return [f"base_model: {config} is not a readable model config ({str(exc)[:80]}); "
+                    "save the model again with save_pretrained"]
         return []
     if looks_local:
         return [f"base_model: local model directory {base_model} does not exist; fix the path (relative "

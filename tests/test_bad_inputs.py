@@ -484,3 +484,12 @@ def test_plan_copies_nothing_anywhere(tmp_path, capsys):
         os.chdir(cwd)
     assert code == 0, text
     assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("config", [b"\xff\xfe not utf-8", b"{truncated", b"[1, 2]", b"[" * 100_000])
+def test_a_model_directory_with_an_unreadable_config(capsys, tmp_path, config):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_bytes(config)
+    code, text = run_cli(capsys, "plan", str(SMOKE), "--set", f"base_model={folder}")
+    assert_clean_refusal(code, text, "base_model", "config.json", "save the model again")
