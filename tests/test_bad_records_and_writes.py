@@ -212,3 +212,18 @@ def test_data_show_without_a_results_folder_writes_nothing(capsys, monkeypatch, 
     code, text = run_cli(capsys, "data", "show", "sweep.yaml")
     assert code == 0, text
     assert _tree(tmp_path) == {Path("sweep.yaml")}
+
+
+@pytest.mark.slow
+def test_trial_on_a_full_disk_exits_2_and_writes_only_inside_the_results_folder(capsys, monkeypatch, tmp_path):
+    """`harness trial` (builtin:tiny, 2 steps) when no write can complete: one clear message, exit 2,
+    no temp debris, and what it did write (W&B's offline files) is under output_dir/name."""
+    monkeypatch.chdir(tmp_path)
+    _disk_full(monkeypatch)
+    code, text = run_cli(capsys, "trial", str(REPO / "sweeps" / "smoke.yaml"), "--index", "1",
+                         "--set", "train.steps=2", "--set", "eval.per_subtask=1", "--set", "data.per_subtask=8",
+                         "--set", "data.embedding_diversity_sample=0", "--set", "grid.domains={sets: [[concept]]}")
+    assert code == 2 and "Traceback" not in text and "no space left on the device writing" in text
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert all(p.parts[:2] == ("results", "smoke") for p in _tree(tmp_path)
+               if p != Path("results")), sorted(_tree(tmp_path))

@@ -25,8 +25,12 @@ Files, all next to out_path:
 The OpenAI-compatible backend POSTs {base_url}/chat/completions; base URL, model and key come from the
 spec or HARNESS_LLM_BASE_URL / HARNESS_LLM_MODEL / HARNESS_LLM_API_KEY (then OPENAI_API_KEY). Requests
 run on a thread pool of `concurrency` workers and are retried with exponential backoff on 429, 5xx and
-connection errors, `max_retries` times. The key travels only in the Authorization header: it is never
-logged, written to any of the files above, or shown in an error message.
+connection errors, `max_retries` times. `request_timeout_s` bounds each attempt as a whole (not each
+read), and a body past MAX_RESPONSE_BYTES is cut off there. A response that holds no usable text (not
+JSON, no choices, a non-string `content`, an oversized body) is a counted `unparseable` reject whose
+raw body (cut to RAW_BODY_KEEP characters) is kept in the rejects file. The key travels only in the
+Authorization header: it is never logged, written to any of the files above, or shown in an error
+message; a base_url with plain http to a host that is not loopback draws a warning.
 """
 
 from __future__ import annotations
