@@ -202,6 +202,8 @@ LOOSE = {
     "eval_per_subtask_false": ("eval.per_subtask=false", "eval.per_subtask"),
     "per_subtask_true": ("data.per_subtask=true", "data.per_subtask"),
     "alpha_true": ("capacity.alpha=true", "capacity.alpha"),
+    "capacity_entry_rank_true": ("grid.capacity=[{family: mole, rank: true}]", "grid.capacity[0].rank"),
+    "match_params_true": ("capacity.match_params=[true]", "capacity.match_params[0]"),
 }
 
 
@@ -493,3 +495,14 @@ def test_a_model_directory_with_an_unreadable_config(capsys, tmp_path, config):
     (folder / "config.json").write_bytes(config)
     code, text = run_cli(capsys, "plan", str(SMOKE), "--set", f"base_model={folder}")
     assert_clean_refusal(code, text, "base_model", "config.json", "save the model again")
+
+
+@pytest.mark.parametrize("which", ["bench", "responses"])
+def test_score_given_a_directory(capsys, tmp_path, which):
+    files = {"bench": tmp_path / "bench.json", "responses": tmp_path / "responses.jsonl"}
+    files["bench"].write_text(json.dumps([MC_ROW]))
+    files["responses"].write_text('{"response": "1"}\n')
+    files[which].unlink()
+    files[which].mkdir()
+    code, text = run_cli(capsys, "score", str(files["bench"]), str(files["responses"]))
+    assert_clean_refusal(code, text, str(files[which]), "is a directory", "give the")

@@ -119,6 +119,8 @@ def _json_problem(exc: BaseException) -> str:
 
 
 def _read_text(path: Path) -> str:
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; give the JSON or JSON-lines file itself")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
