@@ -375,7 +375,7 @@ class LimitsSpec(Spec):
     Each is a guard, not a hard limit: raise one on purpose, e.g. --set limits.max_trials=500000."""
 
     max_trials: int = Field(default=100_000, ge=1)  # trials in the grid; `plan` of 10^5 takes seconds
-    max_rank: int = Field(default=4096, ge=1)  # LoRA rank per adapter / expert (past a 7B's hidden size/1)
+    max_rank: int = Field(default=4096, ge=1)  # LoRA rank per adapter / expert (a 7B model is 3584 wide)
     max_experts: int = Field(default=256, ge=1)  # mole experts per adapted layer
     max_rows: int = Field(default=10_000_000, ge=1)  # rows per subtask (data.per_subtask, grid.volume, eval.per_subtask)
     max_steps: int = Field(default=10_000_000, ge=1)  # optimiser steps per trial
