@@ -502,13 +502,7 @@ class TrialSpec(Spec):
         the layout from before capacity families (rank and alpha at the top, the LoRA knobs under
         train), so their ids, and every finished record a resume looks for, stay the same."""
         dump = self.model_dump(exclude=IDENTITY_EXCLUDE)
-        for added_later in ("batch_size", "epochs"):  # unset, they must not change older ids
-            if dump["train"][added_later] is None:
-                dump["train"].pop(added_later)
-        if dump["data"]["world"] == WorldSpec().model_dump():  # likewise the default world
-            dump["data"].pop("world")
-        if dump["train"].get("epochs") is not None or dump["train"]["steps"] is None:
-            dump["train"].pop("steps")  # follows from epochs and the mixture's size
+        _drop_added_later(dump["train"], dump["data"])
         cap = self.capacity
         if cap is not None and not cap.is_classic_lora:
             dump["capacity"].pop("params")  # derived from the base model's shape, not a choice
@@ -561,6 +555,19 @@ def _names_json(value: list[str]) -> str:
 _BLOCK_JSON: dict[tuple[int, str], tuple[Spec, str]] = {}  # (id(block), extra) -> (block kept alive, JSON)
 
 
+def _drop_added_later(train: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> None:
+    """Remove from dumped train / data blocks the fields added after ids existed, when they hold
+    their old meaning (unset, default), so that older trial ids stay the same."""
+    if train is not None:
+        for added_later in ("batch_size", "epochs"):
+            if train[added_later] is None:
+                train.pop(added_later)
+        if train.get("epochs") is not None or train["steps"] is None:
+            train.pop("steps")  # follows from epochs and the mixture's size
+    if data is not None and data["world"] == WorldSpec().model_dump():  # likewise the default world
+        data.pop("world")
+
+
 def _block_json(block: Spec, exclude: set[str] | None = None, extra: dict[str, Any] | None = None) -> str:
     """A spec block as identity() renders it (`exclude` out, an unset train batch_size out, `extra`
     in), memoised per block object: a sweep's trials share their data, eval, train and capacity blocks."""
@@ -569,8 +576,10 @@ def _block_json(block: Spec, exclude: set[str] | None = None, extra: dict[str, A
     if hit is not None and hit[0] is block:
         return hit[1]
     dump = block.model_dump(exclude=exclude)
-    if isinstance(block, TrainSpec) and dump["batch_size"] is None:  # added later; unset, it must not change older ids
-        dump.pop("batch_size")
+    if isinstance(block, TrainSpec):
+        _drop_added_later(train=dump)
+    elif isinstance(block, DataSpec):
+        _drop_added_later(data=dump)
     text = _canonical({**dump, **(extra or {})})
     if len(_BLOCK_JSON) > 4096:
         _BLOCK_JSON.clear()
