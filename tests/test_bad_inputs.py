@@ -204,6 +204,8 @@ LOOSE = {
     "alpha_true": ("capacity.alpha=true", "capacity.alpha"),
     "capacity_entry_rank_true": ("grid.capacity=[{family: mole, rank: true}]", "grid.capacity[0].rank"),
     "match_params_true": ("capacity.match_params=[true]", "capacity.match_params[0]"),
+    "source_limit_true": ("data.sources=[{path: x.json, domain: concept, subtask: s, limit: true}]",
+                          "data.sources[0].limit"),
 }
 
 
@@ -506,3 +508,17 @@ def test_score_given_a_directory(capsys, tmp_path, which):
     files[which].mkdir()
     code, text = run_cli(capsys, "score", str(files["bench"]), str(files["responses"]))
     assert_clean_refusal(code, text, str(files[which]), "is a directory", "give the")
+
+
+GENERATION_SPEC = {"subtask": "gen_mc", "task_type": "multiple-choice", "domain": "concept",
+                   "seed_path": "seeds.json", "n_rows": 4, "backend": "openai", "model": "m",
+                   "base_url": "http://127.0.0.1:9/v1", "out_path": "gen.jsonl"}
+
+
+@pytest.mark.parametrize("field, value", [("n_rows", True), ("temperature", float("nan")),
+                                          ("concurrency", True), ("request_timeout_s", float("inf"))])
+def test_generation_specs_refuse_booleans_and_non_finite_numbers(capsys, tmp_path, field, value):
+    path = tmp_path / "gen.yaml"
+    path.write_text(yaml.safe_dump({**GENERATION_SPEC, field: value}))
+    code, text = run_cli(capsys, "data", "generate", str(path))
+    assert_clean_refusal(code, text, str(path), field, "boolean" if value is True else "finite number")

@@ -51,9 +51,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
 from harness.errors import HarnessError, InputError, MissingDependencyError, did_you_mean, unknown_name_message
+from harness.strict_model import StrictModel
 from harness.tasks import prompts
 from harness.tasks.schema import METRICS, TASK_TYPES, row_problems
 from harness.tasks.sources import check_domain, check_subtask_name, track_of
@@ -81,10 +82,10 @@ class GenerationError(HarnessError):
     """The endpoint kept failing; rows generated so far are kept, and a rerun resumes."""
 
 
-class GenerationSpec(BaseModel):
+class GenerationSpec(StrictModel):
     """What to generate, how to ask for it, and where to put it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # StrictModel: unknown keys, booleans for numbers and nan / inf are refused
 
     subtask: str  # name of the generated subtask (rows get it as subtask and task_name)
     task_type: str  # one of schema.TASK_TYPES

@@ -40,9 +40,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from harness.errors import InputError, MissingDependencyError, did_you_mean, unknown_name_message
+from harness.strict_model import StrictModel
 from harness.tasks.prompts import format_mc_prompt
 from harness.tasks.schema import METRICS, TASK_TYPES, normalise_row, row_problems
 
@@ -89,10 +90,10 @@ def check_subtask_name(value: str) -> str:
     return value
 
 
-class SourceSpec(BaseModel):
+class SourceSpec(StrictModel):
     """One external data source mapped onto one domain and subtask."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # StrictModel: unknown keys, booleans for numbers and nan / inf are refused
 
     kind: SourceKind = "shopbench"  # which reader
     path: str  # file, directory, or (kind hf) a hub dataset id
