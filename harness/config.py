@@ -327,7 +327,7 @@ class LimitsSpec(Spec):
     max_trials: int = Field(default=100_000, ge=1)  # trials in the grid; `plan` of 10^5 takes seconds
     max_rank: int = Field(default=4096, ge=1)  # LoRA rank per adapter / expert (a 7B model is 3584 wide)
     max_experts: int = Field(default=256, ge=1)  # mole experts per adapted layer
-    max_rows: int = Field(default=10_000_000, ge=1)  # rows per subtask (data.per_subtask, grid.volume, eval.per_subtask)
+    max_rows: int = Field(default=10_000_000, ge=1)  # rows per subtask (per_subtask, grid.volume)
     max_steps: int = Field(default=10_000_000, ge=1)  # optimiser steps per trial
     max_seq_len: int = Field(default=131_072, ge=16)  # tokens per sample or packed row
     max_batch: int = Field(default=65_536, ge=1)  # sequences (micro_batch, batch_size, grad_accum, eval.batch_size)
@@ -908,7 +908,8 @@ def _limit_problems(spec: SweepSpec) -> list[str]:
               ("train.steps", [tr.steps or 1], lim.max_steps, "max_steps"),
               ("train.max_seq_len", [tr.max_seq_len], lim.max_seq_len, "max_seq_len"),
               ("train.pack_length", [tr.pack_length or 16], lim.max_seq_len, "max_seq_len"),
-              ("train.micro_batch", [tr.micro_batch if isinstance(tr.micro_batch, int) else 1], lim.max_batch, "max_batch"),
+              ("train.micro_batch", [tr.micro_batch if isinstance(tr.micro_batch, int) else 1], lim.max_batch,
+               "max_batch"),
               ("train.batch_size", [tr.batch_size or 1], lim.max_batch, "max_batch"),
               ("train.grad_accum", [tr.grad_accum], lim.max_batch, "max_batch"),
               ("eval.batch_size", [spec.eval.batch_size], lim.max_batch, "max_batch")]

@@ -137,11 +137,13 @@ def test_set_values_yaml_cannot_read_or_that_carry_tags(capsys, case):
 # YAML the loader refuses: duplicate keys (both lines named), tags, alias bombs
 
 DUPLICATES = {
-    "top_level_block": ("name: a\ntrain: {steps: 3}\ngrid: {domains: all}\ntrain: {lr: 1}\n", "'train'", "line 2", "line 4"),
+    "top_level_block": ("name: a\ntrain: {steps: 3}\ngrid: {domains: all}\ntrain: {lr: 1}\n", "'train'",
+                        "line 2", "line 4"),
     "nested_key": ("name: a\ntrain:\n  steps: 3\n  steps: 5\n", "'steps'", "line 3", "line 4"),
     "flow_mapping": ("name: a\ngrid: {seed: [0], seed: [1]}\n", "'seed'", "line 2", "line 2"),
     "name_twice": ("name: a\nname: b\n", "'name'", "line 1", "line 2"),
-    "in_a_list_entry": ("name: a\ngrid:\n  capacity:\n  - {family: lora, family: dora}\n", "'family'", "line 4", "line 4"),
+    "in_a_list_entry": ("name: a\ngrid:\n  capacity:\n  - {family: lora, family: dora}\n", "'family'",
+                        "line 4", "line 4"),
     "numeric_keys": ("name: a\nlimits: {1: a, 1: b}\n", "1", "line 2", "line 2"),
 }
 
