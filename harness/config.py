@@ -352,6 +352,14 @@ class SweepSpec(Spec):
     output_dir: str = "results"  # results go to <output_dir>/<name>/ (on a cluster: storage every node sees)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)  # sizes refused as likely typos (overridable)
 
+    @field_validator("output_dir", "base_model")
+    @classmethod
+    def _printable_path(cls, value: str) -> str:
+        if not value.strip() or any(not c.isprintable() for c in value):
+            raise ValueError(f"{value!r}: give a path or id of printable characters (no control characters "
+                             "such as \\0 or a newline), e.g. results")
+        return value
+
     @field_validator("name")
     @classmethod
     def _plain_folder_name(cls, value: str) -> str:

@@ -524,3 +524,12 @@ def test_generation_specs_refuse_booleans_and_non_finite_numbers(capsys, tmp_pat
     path.write_text(yaml.safe_dump({**GENERATION_SPEC, field: value}))
     code, text = run_cli(capsys, "data", "generate", str(path))
     assert_clean_refusal(code, text, str(path), field, "boolean" if value is True else "finite number")
+
+
+@pytest.mark.parametrize("field, value", [("output_dir", "res\x00ults"), ("output_dir", ""), ("output_dir", "a\nb"),
+                                          ("base_model", "builtin:tiny\x00"), ("base_model", " ")])
+def test_paths_with_control_characters_or_empty(capsys, tmp_path, field, value):
+    raw = smoke_raw()
+    raw[field] = value
+    path = write_sweep(tmp_path, raw)
+    assert_clean_refusal(*run_cli(capsys, "plan", str(path)), str(path), f"{field}:", "printable characters")
