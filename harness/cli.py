@@ -14,6 +14,7 @@ Bad input (an InputError) prints one clear message and exits 2; nothing is launc
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -64,7 +65,10 @@ def plan(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
     typer.echo(f"sweep {spec.name}: {summary['trials']} trial(s) in {summary['cells']} cell(s) x "
                f"{summary['seeds_per_cell']} seed(s), base model {spec.base_model}, "
                f"results in {spec.results_dir}/")
-    for i, t in enumerate(trials):
+    for i, t in _shown_trials(trials):
+        if t is None:
+            typer.echo(f"  ... {i} more trial(s) not listed (harness plan --json lists every trial)")
+            continue
         params = t.capacity.params if t.capacity else None
         extra = f"  ({format_count(params)} adapter params)" if params is not None else ""
         typer.echo(f"  [{i:3d}] {t.trial_id}  cell {t.cell_id}  {t.name}{extra}")
@@ -98,6 +102,18 @@ def _plan_power(spec, trials, pilot: Optional[Path], effect: Optional[float], di
     planned = pd.DataFrame([{**t.factors, "cell_id": t.cell_id} for t in trials if t.kind == "trial"])
     return plan_power(planned, estimate_noise(pilot), diversity, capacity, effect=effect,
                       eval_rows=spec.eval.per_subtask)
+
+
+PLAN_LIST_HEAD, PLAN_LIST_TAIL = 40, 10  # a big plan lists its first and last trials, not 10^5 lines
+
+
+def _shown_trials(trials: list) -> list[tuple[int, object]]:
+    """(index, trial) to list; one (count left out, None) marks the gap in a big plan."""
+    if len(trials) <= PLAN_LIST_HEAD + PLAN_LIST_TAIL:
+        return list(enumerate(trials))
+    tail_start = len(trials) - PLAN_LIST_TAIL
+    return ([(i, trials[i]) for i in range(PLAN_LIST_HEAD)] + [(tail_start - PLAN_LIST_HEAD, None)]
+            + [(i, trials[i]) for i in range(tail_start, len(trials))])
 
 
 def _capacity_line(row: dict) -> str:
@@ -261,6 +277,14 @@ def main() -> None:
     except HarnessError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = exc.filename or "a results file"
+        typer.echo(f"error: no space left on the device writing {where}: free some space, or point "
+                   "output_dir at a disk with room, and run the command again (files are written "
+                   "atomically: what was written before is intact and no partial file is left)", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

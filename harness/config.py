@@ -9,27 +9,30 @@ InputError, so a researcher fixes a sweep file in one pass. Nothing here imports
 
 from __future__ import annotations
 
+import codecs
+import functools
 import hashlib
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from harness.errors import InputError, did_you_mean
+from harness.strict_model import StrictModel
 from harness.tasks.sources import SourceSpec
 
 SYNTHETIC_SOURCE = "builtin:synthetic"
 SYNTHETIC_HELDOUT = "builtin:synthetic-heldout"
 
 
-class Spec(BaseModel):
-    """Base for every spec block: unknown keys are errors (typos must not pass silently)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Spec(StrictModel):
+    """Base for every spec block: unknown keys are errors (typos must not pass silently), a boolean is
+    not a number (`lora_rank: [true]` must not run rank 1), and nan / inf are not numbers either."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,8 +325,25 @@ class SearchSpec(Spec):
         return {"method": value} if isinstance(value, str) else value
 
 
+class LimitsSpec(Spec):
+    """Sizes past which a sweep is refused as a likely typo (a rank of 100000000, a 10^6-trial grid).
+    Each is a guard, not a hard limit: raise one on purpose, e.g. --set limits.max_trials=500000."""
+
+    max_trials: int = Field(default=100_000, ge=1)  # trials in the grid; `plan` of 10^5 takes seconds
+    max_rank: int = Field(default=4096, ge=1)  # LoRA rank per adapter / expert (a 7B model is 3584 wide)
+    max_experts: int = Field(default=256, ge=1)  # mole experts per adapted layer
+    max_rows: int = Field(default=10_000_000, ge=1)  # rows per subtask (per_subtask, grid.volume)
+    max_steps: int = Field(default=10_000_000, ge=1)  # optimiser steps per trial
+    max_seq_len: int = Field(default=131_072, ge=16)  # tokens per sample or packed row
+    max_batch: int = Field(default=65_536, ge=1)  # sequences (micro_batch, batch_size, grad_accum, eval.batch_size)
+
+
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit; torch's are 64-bit: the smaller one bounds every seed
+
+
 class SweepSpec(Spec):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    # A plain folder name: results go to <output_dir>/<name>/, so no separators and not "." or "..".
+    name: str
     base_model: str = "builtin:tiny"
     trust_remote_code: bool = False
     data: DataSpec = Field(default_factory=DataSpec)
@@ -335,6 +355,23 @@ class SweepSpec(Spec):
     wandb: WandbSpec = Field(default_factory=WandbSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     output_dir: str = "results"  # results go to <output_dir>/<name>/ (on a cluster: storage every node sees)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)  # sizes refused as likely typos (overridable)
+
+    @field_validator("output_dir", "base_model")
+    @classmethod
+    def _printable_path(cls, value: str) -> str:
+        if not value.strip() or any(not c.isprintable() for c in value):
+            raise ValueError(f"{value!r}: give a path or id of printable characters (no control characters "
+                             "such as \\0 or a newline), e.g. results")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", value) or set(value) == {"."}:
+            raise ValueError(f"{value!r} is not a plain folder name: results go to <output_dir>/<name>/, so "
+                             "use 1-100 letters, digits, '_', '-' or '.', not only dots, e.g. name: smoke")
+        return value
 
     @property
     def results_dir(self) -> Path:
@@ -392,30 +429,43 @@ class TrialSpec(Spec):
             "seed": self.seed,
         }
 
-    @property
+    @functools.cached_property
     def cell_id(self) -> str:
-        identity = self.identity()
-        identity.pop("seed")
-        return content_hash(identity)[:12]
+        parts = dict(self._identity_json)
+        parts.pop("seed")
+        return _joined_hash(parts)[:12]
 
-    @property
+    @functools.cached_property
     def trial_id(self) -> str:
-        return content_hash(self.identity())[:12]
+        return _joined_hash(self._identity_json)[:12]
+
+    @functools.cached_property
+    def _identity_json(self) -> dict[str, str]:
+        """identity()'s top-level entries, each as canonical JSON: the ids hash them joined, which is
+        content_hash(identity()) byte for byte. The data, eval and train blocks, shared by every trial
+        of a sweep, are rendered once per sweep (_block_json), so `plan` of 10^5 trials takes seconds."""
+        cap = self.capacity
+        classic = cap is None or cap.is_classic_lora
+        lora = cap or AdapterSpec(rank=1, alpha=1.0)  # the baseline hashed the defaults
+        extra = (dict(lora_alpha=lora.alpha_rule, lora_dropout=lora.dropout, target_modules=lora.target_modules)
+                 if classic else {})
+        parts = {name: _plain_json(getattr(self, name)) for name in
+                 ("sweep", "base_model", "trust_remote_code", "volume", "seed", "kind")}
+        parts.update(domains=_names_json(self.domains), subtasks=_names_json(self.subtasks))
+        parts.update(data=_block_json(self.data, IDENTITY_EXCLUDE["data"]), eval=_block_json(self.eval),
+                     train=_block_json(self.train, IDENTITY_EXCLUDE["train"], extra))
+        if classic:
+            parts.update(lora_rank=_plain_json(self.lora_rank), lora_alpha=_plain_json(self.lora_alpha))
+        else:
+            parts["capacity"] = _block_json(cap, {"params"})
+        return parts
 
     def identity(self) -> dict[str, Any]:
         """What the ids hash: the spec minus bookkeeping. Plain-LoRA trials and the baseline keep
         the layout from before capacity families (rank and alpha at the top, the LoRA knobs under
         train), so their ids, and every finished record a resume looks for, stay the same."""
         dump = self.model_dump(exclude=IDENTITY_EXCLUDE)
-        for added_later in ("batch_size", "epochs"):  # unset, they must not change older ids
-            if dump["train"][added_later] is None:
-                dump["train"].pop(added_later)
-        if dump["data"]["world"] == WorldSpec().model_dump():  # likewise the default world
-            dump["data"].pop("world")
-        if dump["train"]["mc_answer"] == "digit":  # and the default answer form
-            dump["train"].pop("mc_answer")
-        if dump["train"].get("epochs") is not None or dump["train"]["steps"] is None:
-            dump["train"].pop("steps")  # follows from epochs and the mixture's size
+        _drop_added_later(dump["train"], dump["data"])
         cap = self.capacity
         if cap is not None and not cap.is_classic_lora:
             dump["capacity"].pop("params")  # derived from the base model's shape, not a choice
@@ -438,8 +488,68 @@ class TrialSpec(Spec):
 
 def content_hash(obj: Any) -> str:
     """sha256 of a canonical JSON rendering: key order and whitespace never change a hash."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(_canonical(obj).encode()).hexdigest()
+
+
+# json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str), without building an encoder per call
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _canonical(obj: Any) -> str:
+    return _CANONICAL.encode(obj)
+
+
+def _joined_hash(parts: dict[str, str]) -> str:
+    """content_hash of the mapping whose entries `parts` holds already rendered (same bytes)."""
+    blob = "{" + ",".join(f"{_CANONICAL.encode(key)}:{parts[key]}" for key in sorted(parts)) + "}"
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=65536, typed=True)  # typed: True and 1 render differently
+def _plain_json(value: Any) -> str:
+    """A scalar (or a tuple of names) rendered canonically, memoised: trials repeat the same values."""
+    return _CANONICAL.encode(value)
+
+
+def _names_json(value: list[str]) -> str:
+    return _plain_json(tuple(value)) if all(isinstance(v, str) for v in value) else _canonical(value)
+
+
+_BLOCK_JSON: dict[tuple[int, str], tuple[Spec, str]] = {}  # (id(block), extra) -> (block kept alive, JSON)
+
+
+def _drop_added_later(train: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> None:
+    """Remove from dumped train / data blocks the fields added after ids existed, when they hold
+    their old meaning (unset, default), so that older trial ids stay the same."""
+    if train is not None:
+        for added_later in ("batch_size", "epochs"):
+            if train[added_later] is None:
+                train.pop(added_later)
+        if train.get("epochs") is not None or train["steps"] is None:
+            train.pop("steps")  # follows from epochs and the mixture's size
+        if train["mc_answer"] == "digit":  # the default answer form
+            train.pop("mc_answer")
+    if data is not None and data["world"] == WorldSpec().model_dump():  # likewise the default world
+        data.pop("world")
+
+
+def _block_json(block: Spec, exclude: set[str] | None = None, extra: dict[str, Any] | None = None) -> str:
+    """A spec block as identity() renders it (`exclude` out, an unset train batch_size out, `extra`
+    in), memoised per block object: a sweep's trials share their data, eval, train and capacity blocks."""
+    key = (id(block), _canonical(extra) if extra else "")
+    hit = _BLOCK_JSON.get(key)
+    if hit is not None and hit[0] is block:
+        return hit[1]
+    dump = block.model_dump(exclude=exclude)
+    if isinstance(block, TrainSpec):
+        _drop_added_later(train=dump)
+    elif isinstance(block, DataSpec):
+        _drop_added_later(data=dump)
+    text = _canonical({**dump, **(extra or {})})
+    if len(_BLOCK_JSON) > 4096:
+        _BLOCK_JSON.clear()
+    _BLOCK_JSON[key] = (block, text)
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,9 +561,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise InputError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. --set train.steps=50")
     key, _, raw = text.partition("=")
-    if not key.strip():
-        raise InputError(f"--set {text!r}: empty key")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    path = key.strip().split(".")
+    if not all(part.strip() for part in path):
+        raise InputError(f"--set {text!r}: empty key or key part; write KEY.PATH=VALUE, e.g. --set train.steps=50")
+    if not raw.strip():
+        return path, None
+    try:
+        return path, load_yaml_text(raw)
+    except YamlProblem as exc:
+        raise InputError(f"--set {text!r}: the value is not plain YAML ({exc}); close its brackets or quotes, "
+                         "or quote the whole value as text, e.g. --set 'name=\"my:sweep\"'") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -495,6 +612,10 @@ def _pydantic_problems(exc: ValidationError) -> list[str]:
         if err["type"] == "literal_error" and isinstance(err.get("input"), dict):
             continue  # a mapping was given, so the union's string branch is not what was meant
         loc, msg = _format_loc(err["loc"]), err["msg"].removeprefix("Value error, ")
+        if err["type"] == "bool_not_number":  # raised by the block, about one of its fields
+            field = err["ctx"]["field"]
+            loc = field if loc == "(top level)" else f"{loc}.{field}"
+            msg = msg.split(": ", 1)[1]
         if err["type"] == "extra_forbidden":
             moved = MOVED_KEYS.get(".".join(str(p) for p in err["loc"]))
             msg = f"moved to {moved} (capacity settings live in the capacity block)" if moved else \
@@ -519,15 +640,109 @@ def _suggest_key(loc: tuple[Any, ...]) -> str:
     return did_you_mean(str(loc[-1]), names)
 
 
-def read_yaml_mapping(path: str | Path, what: str, example_keys: str) -> dict[str, Any]:
-    """A YAML file that must hold a mapping; every failure is an InputError naming the file."""
-    path = Path(path)
+MAX_CONFIG_BYTES = 10 * 2**20  # a sweep or generation spec is a page of YAML, not a data file
+MAX_YAML_ALIASES = 100  # alias (*name) uses per document: enough for reuse, too few for an alias bomb
+CORE_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map", "merge"))
+
+
+class YamlProblem(yaml.YAMLError):
+    """A YAML document we refuse although PyYAML would read it (duplicate keys, tags, alias bombs)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (naming both lines), tags outside YAML's core schema and
+    alias bombs, and reads unquoted dates as text (a config holds no timestamps)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases_seen = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases_seen += 1
+            if self.aliases_seen > MAX_YAML_ALIASES:
+                raise YamlProblem(f"more than {MAX_YAML_ALIASES} alias (*name) uses; write the values out")
+        return super().compose_node(parent, index)
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        if node.tag not in CORE_TAGS:
+            line = node.start_mark.line + 1
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            raise YamlProblem(f"line {line}: YAML tag {tag!r} is not accepted (plain strings, numbers, "
+                              "booleans, lists and mappings only); remove the tag, or quote the value")
+        return super().construct_object(node, deep)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (list, dict)):
+                raise YamlProblem(f"line {line}: a mapping key must be plain text or a number")
+            if key in seen:
+                raise YamlProblem(f"key {key!r} appears twice (line {seen[key]} and line {line}); the second "
+                                  "would silently replace the first: merge them into one")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+def load_yaml_text(text: str) -> Any:
+    """One YAML document, strictly (see _StrictLoader); YamlProblem on anything it refuses."""
+    loader = None
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        loader = _StrictLoader(text)  # its reader refuses control characters already
+        return loader.get_single_data()
+    except YamlProblem:
+        raise
+    except yaml.YAMLError as exc:
+        raise YamlProblem(" ".join(str(exc).split())) from None
+    except RecursionError:
+        raise YamlProblem("nested too deeply") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def read_text_file(path: str | Path, what: str) -> str:
+    """A UTF-8 text file; every failure is an InputError naming the file and how to fix it."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; give the {what} itself")
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise InputError(f"{path}: {path.stat().st_size} bytes is too large for a {what} "
+                             f"(at most {MAX_CONFIG_BYTES} bytes); give the YAML file, not a data file")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{path}: {what} not found") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in data:
+        raise InputError(f"{path}: the {what} is not UTF-8 text (it looks like UTF-16 or a binary file); "
+                         "save it as UTF-8 text")
+    try:
+        return data.decode("utf-8-sig")  # -sig: tolerate a byte-order mark
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: the {what} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                         "save it as UTF-8 text") from None
+
+
+def read_yaml_mapping(path: str | Path, what: str, example_keys: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; every failure is an InputError naming the file."""
+    text = read_text_file(path, what)
+    try:
+        raw = load_yaml_text(text)
+    except YamlProblem as exc:
+        raise InputError(f"{path}: not valid YAML for a {what}: {exc}") from None
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
         raise InputError(f"{path}: a {what} must be a YAML mapping ({example_keys})")
     return raw
@@ -657,8 +872,98 @@ def semantic_problems(spec: SweepSpec) -> list[str]:
 
     problems += (_resource_problems(spec) + _train_schedule_problems(spec.train) + _search_problems(spec)
                  + _world_problems(spec.data))
-    # Capacity settings are resolved per data cell and rank, which needs the rest to be valid first.
-    return problems + capacity_problems(spec, resolve=not problems)
+    problems += _base_model_problems(spec.base_model) + _limit_problems(spec)
+    problems += capacity_problems(spec, resolve=False)
+    if problems:
+        return problems
+    # Count before resolving (a 10^9-trial grid is refused, not expanded); capacity settings are
+    # resolved per data cell and rank, which needs the rest to be valid first.
+    return _trial_count_problems(spec) or capacity_problems(spec, resolve=True)
+
+
+def _base_model_problems(base_model: str) -> list[str]:
+    """A base model that cannot exist is refused at plan time, not after Ray has started."""
+    from harness.model import BUILTIN_IDS  # imports no torch at module level
+
+    if base_model.startswith("builtin:"):
+        if base_model in BUILTIN_IDS:
+            return []
+        return [f"base_model: unknown builtin model {base_model!r}{did_you_mean(base_model, BUILTIN_IDS)}; "
+                f"known: {', '.join(BUILTIN_IDS)}"]
+    path = Path(base_model).expanduser()
+    looks_local = (path.is_absolute() or base_model.startswith((".", "~")) or "\\" in base_model
+                   or base_model.count("/") != 1)
+    if path.exists():
+        config = path / "config.json"
+        if not config.is_file():
+            return [f"base_model: {base_model} is not a model directory (no config.json in it); give the "
+                    "directory that save_pretrained wrote, a hub id (org/name) or builtin:tiny"]
+        try:
+            if not isinstance(json.loads(config.read_bytes()), dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError, RecursionError) as exc:
+            return [f"base_model: {config} is not a readable model config ({str(exc)[:80]}); "
+                    "save the model again with save_pretrained"]
+        return []
+    if looks_local:
+        return [f"base_model: local model directory {base_model} does not exist; fix the path (relative "
+                "paths are read from the directory you run in), or give a hub id (org/name) or builtin:tiny"]
+    return []
+
+
+def _limit_problems(spec: SweepSpec) -> list[str]:
+    """Sizes past spec.limits (likely typos) and seeds past what the random generators take."""
+    lim, tr = spec.limits, spec.train
+    checks = [("grid.lora_rank", spec.grid.lora_rank or [], lim.max_rank, "max_rank"),
+              ("capacity.rank", [spec.capacity.rank or 1], lim.max_rank, "max_rank"),
+              ("capacity.experts", [spec.capacity.experts], lim.max_experts, "max_experts"),
+              ("data.per_subtask", [spec.data.per_subtask], lim.max_rows, "max_rows"),
+              ("grid.volume", spec.grid.volume or [], lim.max_rows, "max_rows"),
+              ("eval.per_subtask", [spec.eval.per_subtask], lim.max_rows, "max_rows"),
+              ("train.steps", [tr.steps or 1], lim.max_steps, "max_steps"),
+              ("train.max_seq_len", [tr.max_seq_len], lim.max_seq_len, "max_seq_len"),
+              ("train.pack_length", [tr.pack_length or 16], lim.max_seq_len, "max_seq_len"),
+              ("train.micro_batch", [tr.micro_batch if isinstance(tr.micro_batch, int) else 1], lim.max_batch,
+               "max_batch"),
+              ("train.batch_size", [tr.batch_size or 1], lim.max_batch, "max_batch"),
+              ("train.grad_accum", [tr.grad_accum], lim.max_batch, "max_batch"),
+              ("eval.batch_size", [spec.eval.batch_size], lim.max_batch, "max_batch")]
+    for i, entry in enumerate(spec.grid.capacity or []):
+        for key, name in (("rank", "max_rank"), ("experts", "max_experts")):
+            value = entry.get(key) if isinstance(entry, dict) else None
+            if isinstance(value, int):
+                checks.append((f"grid.capacity[{i}].{key}", [value], getattr(lim, name), name))
+    problems = []
+    for field, values, limit, name in checks:
+        for i, v in enumerate(values):
+            if v > limit:
+                where = f"{field}[{i}]" if len(values) > 1 or field in ("grid.lora_rank", "grid.volume") else field
+                problems.append(f"{where}: {v} is past limits.{name} ({limit}), likely a typo; use a smaller "
+                                f"value, or raise the limit on purpose with --set limits.{name}={v}")
+    seeds = [("grid.seed", spec.grid.seed), ("data.world_seed", [spec.data.world_seed]),
+             ("data.mixture_seed", [spec.data.mixture_seed]), ("search.sampler_seed", [spec.search.sampler_seed])]
+    for field, values in seeds:
+        problems += [f"{field}: {v} must be between 0 and {SEED_MAX} (a 32-bit seed)"
+                     for v in values if not 0 <= v <= SEED_MAX and (field != "grid.seed" or v >= 0)]
+    return problems
+
+
+def count_trials(spec: SweepSpec) -> int:
+    """Trials the grid expands to (without the baseline), computed without expanding it."""
+    from harness.capacity.settings import variants
+
+    found = variants(spec)
+    settings = (len(spec.capacity.match_params) * len(found) if spec.capacity.match_params
+                else sum(1 if v.get("rank") else len(spec.grid.ranks) for v in found))
+    return len(data_sets(spec)) * len(spec.grid.volume or [1]) * settings * len(spec.grid.seed)
+
+
+def _trial_count_problems(spec: SweepSpec) -> list[str]:
+    n = count_trials(spec)
+    if n <= spec.limits.max_trials:
+        return []
+    return [f"grid: {n} trials is past limits.max_trials ({spec.limits.max_trials}); shrink the grid, or "
+            f"raise the limit on purpose with --set limits.max_trials={n}"]
 
 
 def _world_problems(data: DataSpec) -> list[str]:
@@ -818,10 +1123,11 @@ def expand_trials(spec: SweepSpec) -> list[TrialSpec]:
     for domains, subtasks in data_sets(spec):
         settings = capacity_settings(spec, domains, subtasks)  # per data set: volume does not change them
         for volume, capacity, seed in itertools.product(volumes, settings, spec.grid.seed):
-            trials.append(TrialSpec(
+            # Built from parts validated already: model_construct skips re-validating each one (10^5 trials)
+            trials.append(TrialSpec.model_construct(
                 sweep=spec.name, base_model=spec.base_model, trust_remote_code=spec.trust_remote_code,
                 data=spec.data, eval=spec.eval, train=spec.train, domains=domains, subtasks=subtasks,
-                volume=volume, capacity=capacity, seed=seed,
+                volume=volume, capacity=capacity, seed=seed, kind="trial",
             ))
     return trials
 

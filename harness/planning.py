@@ -114,7 +114,14 @@ def plan_summary(spec: SweepSpec, trials: list[TrialSpec]) -> dict[str, Any]:
     gpu = spec.resources.gpu
     device = "cpu" if gpu == 0 or (gpu == "auto" and not spec.resources.gpu_memory_gib) else "gpu"
     fraction = 1.0 if gpu in ("auto", 0) else min(float(gpu), 1.0)
-    estimates = [estimate_trial(t, shape, device, fraction) for t in trials]
+    # Seeds of one cell share every input of an estimate (kind, capacity object, volume, train):
+    # estimate each distinct one once, which keeps `plan` of 10^5 trials fast
+    distinct: dict[tuple[str, int, int], TrialEstimate] = {}
+    for t in trials:
+        key = (t.kind, id(t.capacity), t.volume)
+        if key not in distinct:
+            distinct[key] = estimate_trial(t, shape, device, fraction)
+    estimates = [distinct[(t.kind, id(t.capacity), t.volume)] for t in trials]
     peak = max(e.memory_gib for e in estimates)
     total_s = sum(e.seconds for e in estimates)
     summary.update({

@@ -18,6 +18,7 @@ import enum
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,17 +111,27 @@ class TrialRecord(_Model):
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temp file in the same directory and rename, so readers never see half a file."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """`write(tmp)` fills a uniquely named temp file beside `path`, which then replaces `path` in one
+    rename: readers never see half a file, two writers never share a temp name, and a failure (a full
+    disk) leaves the old file as it was and no temp file behind. An OSError names `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
+        write(tmp)
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
 
 
@@ -133,10 +144,7 @@ def write_record(record: TrialRecord, trials_dir: Path) -> Path:
 def read_record(path: Path) -> TrialRecord:
     """Parse one record; a clear InputError names the file when it is not a record we understand."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a readable JSON trial record ({exc})") from exc
+    raw = _record_json(path)
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version != SCHEMA_VERSION:
         raise InputError(
@@ -147,6 +155,24 @@ def read_record(path: Path) -> TrialRecord:
         return TrialRecord.model_validate(raw)
     except ValidationError as exc:
         raise InputError(f"{path}: malformed trial record: {exc}") from exc
+
+
+def _record_json(path: Path) -> Any:
+    """A record file's JSON; InputError with the reason (unreadable, not UTF-8, truncated, too deep)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: not a readable trial record ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not a trial record: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not a readable JSON trial record ({exc.msg} at line {exc.lineno}; "
+                         "truncated or edited by hand?)") from None
+    except (ValueError, RecursionError) as exc:  # an int past the digit limit, or nesting past the recursion limit
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise InputError(f"{path}: not a readable JSON trial record ({reason})") from None
 
 
 def load_records(results_dir: Path) -> tuple[list[TrialRecord], list[str]]:
@@ -208,7 +234,5 @@ def write_scores_table(results_dir: Path) -> Path:
     rows = [row for rec in records for row in score_rows(rec)]
     frame = pd.DataFrame(rows)
     path = results_dir / "scores.parquet"
-    tmp = path.with_suffix(".parquet.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
     return path

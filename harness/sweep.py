@@ -36,7 +36,8 @@ import yaml
 
 from harness.config import SweepSpec, TrialSpec, baseline_trial, data_sets, expand_trials, search_metric
 from harness.errors import InputError
-from harness.results import TrialRecord, TrialStatus, load_records, read_record, write_scores_table
+from harness.results import (TrialRecord, TrialStatus, atomic_write_text, load_records, read_record,
+                             write_scores_table)
 from harness.tracking import shutdown_service
 from harness.trial import failed_record_for, run_trial, save_record, trial_dir
 
@@ -74,18 +75,48 @@ def finished_ids(results_dir: Path) -> set[str]:
     return {r.run.trial_id for r in records if is_done(r)}
 
 
+def report_unreadable(problems: list[str], todo: list[TrialSpec] | None = None) -> None:
+    """One terminal line per record file that could not be read; with `todo`, say which trial it was
+    and that it runs again (its unreadable record does not count as done)."""
+    again = {t.trial_id for t in todo or []}
+    for problem in problems:
+        stem = Path(problem.split(": ", 1)[0]).stem
+        tail = f"; trial {stem} runs again" if stem in again else ""
+        log.warning("skipped unreadable record %s%s", problem, tail)
+
+
 def write_resolved_spec(spec: SweepSpec, results_dir: Path) -> None:
     """Keep the resolved spec beside the results; refuse to mix two different sweeps in one dir."""
     path = results_dir / "sweep.yaml"
     text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-    if path.exists() and path.read_text() != text:
-        old = yaml.safe_load(path.read_text()) or {}
-        if old.get("name") != spec.name:
+    old_text = _old_spec_text(path)
+    if old_text is not None and old_text != text:
+        old = _yaml_or_empty(old_text)
+        if old.get("name") not in (None, spec.name):
             raise InputError(f"{results_dir} already holds sweep {old.get('name')!r}; "
                              f"use another output_dir or name")
-        path.with_name("sweep.previous.yaml").write_text(path.read_text())
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+        atomic_write_text(path.with_name("sweep.previous.yaml"), old_text)
+    atomic_write_text(path, text)
+
+
+def _old_spec_text(path: Path) -> str | None:
+    """The resolved spec already there, if any; an unreadable one is kept as sweep.previous.yaml."""
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        log.warning("%s is not UTF-8 text; keeping it as sweep.previous.yaml and writing a new one", path)
+        return data.decode("utf-8", errors="replace")
+
+
+def _yaml_or_empty(text: str) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,13 +364,15 @@ def _finished_record(results_dir: Path, spec: TrialSpec) -> TrialRecord | None:
 def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = False,
               num_cpus: int | None = None) -> SweepOutcome:
     results_dir = spec.results_dir.resolve()
-    done = finished_ids(results_dir)
+    records, unreadable = load_records(results_dir)
+    done = {r.run.trial_id for r in records if is_done(r)}
     if done and not resume:
         raise InputError(f"{results_dir} already has {len(done)} finished trial(s); pass --resume "
                          "to run only the missing ones, or choose another output_dir")
     write_resolved_spec(spec, results_dir)
     trials = planned_trials(spec)
     todo = [t for t in trials if t.trial_id not in done]
+    report_unreadable(unreadable, todo)
     ran = 0
     if todo and _samples_left(spec, trials, done):
         _prepare_base_model(spec)

@@ -9,6 +9,7 @@ analysis never depends on scores.parquet being up to date. Nothing here imports 
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ import pandas as pd
 
 from harness.errors import InputError, unknown_name_message
 from harness.results import TrialRecord, load_records, score_rows
+
+log = logging.getLogger(__name__)
 
 # Train fields copied onto the per-trial table (capacity can be e.g. trainable_params).
 TRAIN_COLUMNS = ("steps", "final_loss", "eval_loss", "wall_s", "tokens_per_s", "trainable_params",
@@ -57,6 +60,8 @@ def load_sweep(results_dir: Path) -> LoadedSweep:
     spec = _read_spec(results_dir)
     sweep, foreign = _pick_sweep(records, spec.get("name"))
     warnings = [f"unreadable record skipped: {p}" for p in problems]
+    for problem in problems:  # on the terminal too, not only in report.md
+        log.warning("skipped unreadable record %s", problem)
     if foreign:
         warnings.append(_foreign_message(foreign, sweep))
     mine = [r for r in records if r.run.sweep == sweep]

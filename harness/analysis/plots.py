@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from harness.analysis.load import FAMILY, record_row
 from harness.analysis.tables import level_label
-from harness.results import TrialRecord
+from harness.results import TrialRecord, atomic_write
 
 DPI = 120  # sharp enough for a README, small enough to commit
 TITLE_WIDTH = 34  # characters per panel-title line: two 4-inch panels side by side stay apart
@@ -33,8 +33,7 @@ def new_figure(width: float = 6.4, height: float = 4.2) -> Figure:
 
 def save_figure(fig: Figure, path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))  # a full disk leaves no half PNG
     return path
 
 

@@ -195,8 +195,10 @@ def _entry_problems(i: int, entry: Any) -> list[str]:
         CapacitySpec.model_validate(entry)
     except ValidationError as exc:
         for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"][:1])
-            problems.append(f"{where}.{field}: {err['msg'].removeprefix('Value error, ')}")
+            field, msg = ".".join(str(p) for p in err["loc"][:1]), err["msg"].removeprefix("Value error, ")
+            if err["type"] == "bool_not_number":  # raised by the block, naming its field in the message
+                field, msg = msg.split(": ", 1)
+            problems.append(f"{where}.{field}: {msg}")
     return sorted(set(problems), key=problems.index)
 
 

@@ -25,8 +25,12 @@ Files, all next to out_path:
 The OpenAI-compatible backend POSTs {base_url}/chat/completions; base URL, model and key come from the
 spec or HARNESS_LLM_BASE_URL / HARNESS_LLM_MODEL / HARNESS_LLM_API_KEY (then OPENAI_API_KEY). Requests
 run on a thread pool of `concurrency` workers and are retried with exponential backoff on 429, 5xx and
-connection errors, `max_retries` times. The key travels only in the Authorization header: it is never
-logged, written to any of the files above, or shown in an error message.
+connection errors, `max_retries` times. `request_timeout_s` bounds each attempt as a whole (not each
+read), and a body past MAX_RESPONSE_BYTES is cut off there. A response that holds no usable text (not
+JSON, no choices, a non-string `content`, an oversized body) is a counted `unparseable` reject whose
+raw body (cut to RAW_BODY_KEEP characters) is kept in the rejects file. The key travels only in the
+Authorization header: it is never logged, written to any of the files above, or shown in an error
+message; a base_url with plain http to a host that is not loopback draws a warning.
 """
 
 from __future__ import annotations
@@ -47,9 +51,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
 from harness.errors import HarnessError, InputError, MissingDependencyError, did_you_mean, unknown_name_message
+from harness.strict_model import StrictModel
 from harness.tasks import prompts
 from harness.tasks.schema import METRICS, TASK_TYPES, row_problems
 from harness.tasks.sources import check_domain, check_subtask_name, track_of
@@ -61,6 +66,9 @@ REJECT_REASONS = ("unparseable", "missing_fields", "wrong_output_type", "invalid
 STATE_VERSION = 1
 RETRY_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))  # worth asking again
 MAX_BACKOFF_S = 60.0  # cap on one wait between attempts, Retry-After included
+MAX_RESPONSE_BYTES = 16 * 2**20  # one chat completion is kilobytes; past this the body is cut off, not held
+RAW_BODY_KEEP = 4000  # characters of an unusable response body kept in the rejects file
+READ_CHUNK = 65536  # bytes asked of the socket per read (a read returns what has arrived)
 ENV_BASE_URL, ENV_MODEL = "HARNESS_LLM_BASE_URL", "HARNESS_LLM_MODEL"
 ENV_KEYS = ("HARNESS_LLM_API_KEY", "OPENAI_API_KEY")  # first one set wins
 
@@ -74,10 +82,10 @@ class GenerationError(HarnessError):
     """The endpoint kept failing; rows generated so far are kept, and a rerun resumes."""
 
 
-class GenerationSpec(BaseModel):
+class GenerationSpec(StrictModel):
     """What to generate, how to ask for it, and where to put it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # StrictModel: unknown keys, booleans for numbers and nan / inf are refused
 
     subtask: str  # name of the generated subtask (rows get it as subtask and task_name)
     task_type: str  # one of schema.TASK_TYPES
@@ -295,9 +303,10 @@ class OpenAIBackend:
                 "max_tokens": self.max_tokens, "seed": seed}
         if n > 1:
             body["n"] = n
-        return self._choices(self._post(body))
+        return self._choices(*self._post(body))
 
-    def _post(self, body: dict[str, Any]) -> Any:
+    def _post(self, body: dict[str, Any]) -> tuple[Any, str]:
+        """(parsed JSON or None, raw body text) of the first 200 answer, retrying what is worth it."""
         import requests
 
         headers = {"Content-Type": "application/json"}
@@ -310,16 +319,16 @@ class OpenAIBackend:
                 self.retries += attempt > 0
             wait = self.backoff_s * 2 ** attempt
             try:
-                resp = requests.post(self.url, json=body, headers=headers, timeout=(10, self.timeout_s))
+                status, raw, retry_after = self._send(body, headers)
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
                 last = f"{type(exc).__name__}: {redact(str(exc), self._key)}"
             else:
-                if resp.status_code == 200:
-                    return _json_or_none(resp)
-                last = f"HTTP {resp.status_code}: {redact(resp.text[:300], self._key)}"
-                if resp.status_code not in RETRY_STATUS:
-                    raise _fatal_http(resp.status_code, self.url, last)
-                wait = _retry_after(resp.headers.get("Retry-After"), wait)
+                if status == 200:
+                    return _json_or_none(raw), raw
+                last = f"HTTP {status}: {redact(raw[:300], self._key)}"
+                if status not in RETRY_STATUS:
+                    raise _fatal_http(status, self.url, last)
+                wait = _retry_after(retry_after, wait)
             if attempt < self.max_retries:
                 log.warning("request seed=%s: %s; retrying in %.2fs (attempt %d of %d)", body["seed"], last,
                             min(wait, MAX_BACKOFF_S), attempt + 2, self.max_retries + 1)
@@ -327,19 +336,80 @@ class OpenAIBackend:
         raise GenerationError(f"{self.url}: gave up after {self.max_retries + 1} attempts ({last}); rows "
                               "accepted so far are kept: run the same command again to resume")
 
+    def _send(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, str, str | None]:
+        """One POST: (status, body text, Retry-After). request_timeout_s bounds the whole exchange, not
+        each read (a server dripping a byte a second cannot hold it longer), and a body past
+        MAX_RESPONSE_BYTES is cut off there rather than held in memory whole."""
+        import requests
+
+        deadline = time.monotonic() + self.timeout_s
+        with requests.post(self.url, json=body, headers=headers, timeout=(10, self.timeout_s),
+                           stream=True) as resp:
+            chunks, size = [], 0
+            while size <= MAX_RESPONSE_BYTES:
+                if time.monotonic() > deadline:
+                    raise requests.Timeout(f"no complete response within request_timeout_s "
+                                           f"({self.timeout_s:g} s)")
+                chunk = _read_some(resp.raw)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            text = b"".join(chunks).decode("utf-8", errors="replace")
+            if size > MAX_RESPONSE_BYTES:
+                text = TOO_LARGE + text[:RAW_BODY_KEEP]
+            return resp.status_code, text, resp.headers.get("Retry-After")
+
     @staticmethod
-    def _choices(payload: Any) -> list[str]:
-        """Completion texts; a malformed payload yields one unparseable (empty) completion."""
+    def _choices(payload: Any, raw: str = "") -> list[str]:
+        """Completion texts; a malformed payload or a non-string content is an UnusableResponse
+        (a counted reject that keeps the raw body), never a traceback."""
+        if raw.startswith(TOO_LARGE):
+            return [UnusableResponse(raw[len(TOO_LARGE):], f"response body over {MAX_RESPONSE_BYTES} bytes; "
+                                     "cut off there (lower max_tokens, or check the server)")]
         try:
-            return [c["message"]["content"] or "" for c in payload["choices"]] or [""]
+            contents = [c["message"]["content"] for c in payload["choices"]]
         except (KeyError, TypeError, IndexError):
-            return [""]
+            return [UnusableResponse(raw, "not a chat completion (no choices[].message.content)")]
+        if not contents:
+            return [UnusableResponse(raw, "the completion has no choices")]
+        return [c if isinstance(c, str) else "" if c is None else
+                UnusableResponse(raw, f"message.content is a {type(c).__name__}, not a string")
+                for c in contents]
 
 
-def _json_or_none(resp: Any) -> Any:
+def _read_some(raw: Any) -> bytes:
+    """What has arrived (at most READ_CHUNK bytes, one socket read), urllib3's errors as requests'."""
+    import requests
+    import urllib3
+
     try:
-        return resp.json()
-    except ValueError:
+        return raw.read1(READ_CHUNK, decode_content=True)
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        raise requests.Timeout(str(exc)) from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise requests.exceptions.ChunkedEncodingError(str(exc)) from None
+
+
+TOO_LARGE = "\x00too-large\x00"  # marks a cut-off body between _send and _choices
+
+
+class UnusableResponse(str):
+    """A completion that cannot be screened (malformed payload, non-string content, oversized body):
+    the text is the raw body (cut to RAW_BODY_KEEP), `reason` says what was wrong."""
+
+    reason: str
+
+    def __new__(cls, raw: str, reason: str) -> "UnusableResponse":
+        obj = super().__new__(cls, raw[:RAW_BODY_KEEP])
+        obj.reason = reason
+        return obj
+
+
+def _json_or_none(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
         return None
 
 
@@ -420,7 +490,25 @@ def resolve_endpoint(spec: GenerationSpec) -> tuple[str, str, str | None]:
         raise InputError("backend openai:\n  " + "\n  ".join(missing))
     key = spec.api_key.get_secret_value() if spec.api_key else None
     key = key or next((os.environ[k] for k in ENV_KEYS if os.environ.get(k)), None)
+    if key and not _key_travels_safely(str(base_url)):
+        log.warning("base_url %s is plain http to a host that is not this machine: the API key would "
+                    "travel unencrypted; use https, or a loopback address (an SSH tunnel)", base_url)
     return str(base_url), str(model), key
+
+
+def _key_travels_safely(base_url: str) -> bool:
+    """https, or plain http to a loopback host (the key never leaves this machine)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    if parts.scheme != "http":
+        return True
+    host = parts.hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,10 +561,10 @@ def _load_state(out: Path, identity: dict[str, Any]) -> _State:
 
 
 def _save_state(out: Path, state: _State) -> None:
-    path = _paths(out)["state"]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state.to_json(), indent=1))
-    os.replace(tmp, path)  # atomic: a crash leaves the old state or the new one
+    from harness.results import atomic_write_text
+
+    # atomic, under a unique temp name: a crash or a full disk leaves the old state or the new one
+    atomic_write_text(_paths(out)["state"], json.dumps(state.to_json(), indent=1))
 
 
 def _read_rows(out: Path) -> list[dict[str, Any]]:
@@ -496,7 +584,9 @@ def _read_rows(out: Path) -> list[dict[str, Any]]:
                 raise InputError(f"{out}:line {number}: not JSON; this file is written by `generate` "
                                  "and was changed by hand, or is not a generation output") from None
             log.warning("%s: dropping a torn last line (an interrupted run)", out)
-            out.write_text("".join(g + "\n" for g in good), encoding="utf-8")
+            from harness.results import atomic_write_text
+
+            atomic_write_text(out, "".join(g + "\n" for g in good))
     return rows
 
 
@@ -535,6 +625,10 @@ class _Screen:
     def absorb(self, request: int, texts: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         rows, rejects = [], []
         for choice, text in enumerate(texts):
+            if isinstance(text, UnusableResponse):
+                self.state.candidates += 1
+                rejects.append(self._reject(request, "unparseable", text.reason, "", "", raw_body=str(text)))
+                continue
             pairs, parse_rejects = prompts.parse_completion(self.spec.style, text)
             self.state.candidates += len(pairs) + len(parse_rejects)
             for rej in parse_rejects:
@@ -574,9 +668,13 @@ class _Screen:
             return None, dup, f"input matches a seed or an accepted row{closely}"
         return row, "", ""
 
-    def _reject(self, request: int, reason: str, detail: str, inp: str, out: str) -> dict[str, Any]:
+    def _reject(self, request: int, reason: str, detail: str, inp: str, out: str,
+                raw_body: str | None = None) -> dict[str, Any]:
         self.state.rejected[reason] = self.state.rejected.get(reason, 0) + 1
-        return {"request": request, "reason": reason, "detail": detail, "input": inp[:2000], "output": out[:500]}
+        reject = {"request": request, "reason": reason, "detail": detail, "input": inp[:2000], "output": out[:500]}
+        if raw_body is not None:
+            reject["raw_body"] = raw_body
+        return reject
 
 
 # ---------------------------------------------------------------------------------------------

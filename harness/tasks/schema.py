@@ -10,6 +10,8 @@ plus optional task_name, track, and our domain, subtask and row_id columns.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 # task type -> the metrics ShopBench uses with it (first = default)
@@ -30,32 +32,82 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def mc_index(output: Any) -> int | None:
+    """A multiple-choice answer as an option index: an int, or a string of ASCII digits (EC-Guide carries
+    a few as "2"); None for anything else, including digits past int()'s limit or "²"."""
+    if _is_int(output):
+        return output
+    text = output.strip() if isinstance(output, str) else ""
+    if text.isascii() and text.isdigit() and len(text) <= 18:
+        return int(text)
+    return None
+
+
+def count_options(prompt: str) -> int:
+    """How many '0. ', '1. ', ... option lines a multiple-choice prompt lists (0: none found)."""
+    numbers = {int(m) for m in re.findall(r"(?m)^\s*(\d{1,3})\.\s", prompt)}
+    n = 0
+    while n in numbers:
+        n += 1
+    return n
+
+
+def _mc_problem(output: Any) -> str | None:
+    index = mc_index(output)
+    if index is None:
+        return f"multiple-choice output_field must be an int option index, got {_short(output)}"
+    if index < 0:  # -1 is what the parser gives an unparseable response: it must never score correct
+        return f"multiple-choice output_field {index} is negative; options are numbered from 0"
+    return None
+
+
+def mc_range_note(row: dict[str, Any]) -> str | None:
+    """For a valid multiple-choice row whose answer is past the options its input_field lists (EC-Guide
+    has a few): what to report. Such a row can never be answered correctly; it is kept (the data is
+    the user's) but said out loud."""
+    if row.get("task_type") != "multiple-choice" or not isinstance(row.get("input_field"), str):
+        return None
+    index, n = mc_index(row.get("output_field")), count_options(row["input_field"])
+    if index is None or not n or index < n:
+        return None
+    return f"answer {index} is not one of the {n} options 0..{n - 1} its input_field lists"
+
+
+def _weights_problem(output: Any) -> str | None:
+    # One relevance weight per candidate; ShopBench files carry floats such as [1.0, 0.01, ...].
+    if not (isinstance(output, list) and output and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in output)):
+        return f"ranking output_field must be a non-empty list of relevance weights, got {_short(output)}"
+    if not all(math.isfinite(v) for v in output):
+        return (f"ranking output_field holds a weight that is not a finite number ({_short(output)}); "
+                "NaN or infinite relevance makes NDCG meaningless: give finite weights")
+    return None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _output_problem(task_type: str, output: Any) -> str | None:
     """Why `output` is the wrong type for `task_type`, or None when it is fine."""
     if task_type == "multiple-choice":
-        # EC-Guide carries a few answers as digit strings ("2"); ShopBench compares ints.
-        if _is_int(output) or (isinstance(output, str) and output.strip().isdigit()):
-            return None
-        return f"multiple-choice output_field must be an int option index, got {output!r}"
+        return _mc_problem(output)
     if task_type == "ranking":
-        # One relevance weight per candidate; ShopBench files carry floats such as [1.0, 0.01, ...].
-        if isinstance(output, list) and output and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in output):
-            return None
-        return f"ranking output_field must be a non-empty list of relevance weights, got {output!r}"
+        return _weights_problem(output)
     if task_type == "retrieval":
         if isinstance(output, list) and output and all(_is_int(v) for v in output):
             return None
-        return f"retrieval output_field must be a non-empty list of ints, got {output!r}"
+        return f"retrieval output_field must be a non-empty list of ints, got {_short(output)}"
     if task_type == "named_entity_recognition":
         if isinstance(output, list) and all(isinstance(v, str) for v in output):
             return None
-        return f"NER output_field must be a list of strings, got {output!r}"
+        return f"NER output_field must be a list of strings, got {_short(output)}"
     if task_type == "generation":
         if isinstance(output, str) or (isinstance(output, list) and output
                                        and all(isinstance(v, str) for v in output)):
             return None
-        return f"generation output_field must be a string (or list of reference strings), got {output!r}"
+        return f"generation output_field must be a string (or list of reference strings), got {_short(output)}"
     return None
 
 
@@ -91,5 +143,5 @@ def normalise_row(row: dict[str, Any]) -> dict[str, Any]:
     """A copy with ShopBench's types made exact (digit-string MC answers become ints)."""
     row = dict(row)
     if row["task_type"] == "multiple-choice" and isinstance(row["output_field"], str):
-        row["output_field"] = int(row["output_field"].strip())
+        row["output_field"] = mc_index(row["output_field"])
     return row

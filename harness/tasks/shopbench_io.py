@@ -15,13 +15,16 @@ task_name take their subtask, else the file's stem.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.errors import InputError
-from harness.tasks.schema import normalise_row, row_problems
+from harness.tasks.schema import mc_range_note, normalise_row, row_problems
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ def read_shopbench(path: str | Path, *, skip_bad: bool = False) -> ShopBenchFile
     if problems and not skip_bad:
         raise InputError(f"{path}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems)
                          + "\nfix these rows, or skip them with skip_bad (--skip-bad)")
+    _report_mc_range(path, records, positions)
     return ShopBenchFile(path, rows, tuple(positions), len(records), len(problems), tuple(problems))
 
 
@@ -85,8 +89,8 @@ def read_responses(path: str | Path) -> list[str]:
 def _response_from_line(line: str) -> tuple[str, str | None]:
     try:
         value = json.loads(line)
-    except json.JSONDecodeError as exc:
-        return "", f"invalid JSON ({exc.msg} at column {exc.colno})"
+    except (ValueError, RecursionError) as exc:
+        return "", _json_problem(exc)
     if not isinstance(value, dict) or "response" not in value:
         return "", f'expected an object with a "response" field, got {_preview(value)}'
     if not isinstance(value["response"], str):
@@ -94,7 +98,29 @@ def _response_from_line(line: str) -> tuple[str, str | None]:
     return value["response"], None
 
 
+def _report_mc_range(path: Path, records: list[_Record], positions: list[int]) -> None:
+    """One warning per file for multiple-choice answers past the options listed (never scorable)."""
+    notes = [f"{records[p].where}: {note}" for p in positions
+             if (note := mc_range_note(records[p].value)) is not None]
+    if notes:
+        shown = "; ".join(notes[:5]) + ("; ..." if len(notes) > 5 else "")
+        log.warning("%s: %d multiple-choice row(s) can never be answered correctly (%s); fix their "
+                    "output_field or options", path, len(notes), shown)
+
+
+def _json_problem(exc: BaseException) -> str:
+    """Why a JSON text was refused: a syntax error, an int past Python's digit limit, or nesting
+    past the recursion limit (a 100,000-deep list), in words."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"invalid JSON ({exc.msg} at column {exc.colno})"
+    if isinstance(exc, RecursionError):
+        return "invalid JSON for this file: nested too deeply"
+    return f"invalid JSON for this file ({str(exc).split(';')[0]})"
+
+
 def _read_text(path: Path) -> str:
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; give the JSON or JSON-lines file itself")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
@@ -111,8 +137,8 @@ def _records(path: Path, text: str) -> Iterator[_Record]:
     for number, line in _lines(text):
         try:
             yield _Record(f"line {number}", json.loads(line))
-        except json.JSONDecodeError as exc:
-            yield _Record(f"line {number}", None, f"invalid JSON ({exc.msg} at column {exc.colno})")
+        except (ValueError, RecursionError) as exc:
+            yield _Record(f"line {number}", None, _json_problem(exc))
 
 
 def _array_records(path: Path, text: str) -> Iterator[_Record]:
@@ -121,6 +147,9 @@ def _array_records(path: Path, text: str) -> Iterator[_Record]:
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}:line {exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno}); "
                          "a file starting with '[' must be one JSON array") from exc
+    except (ValueError, RecursionError) as exc:
+        raise InputError(f"{path}: {_json_problem(exc)}; a file starting with '[' must be one JSON array "
+                         "of ShopBench rows") from None
     for number, row in enumerate(rows, start=1):
         yield _Record(f"row {number}", row)
 

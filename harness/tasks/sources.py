@@ -40,9 +40,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from harness.errors import InputError, MissingDependencyError, did_you_mean, unknown_name_message
+from harness.strict_model import StrictModel
 from harness.tasks.prompts import format_mc_prompt
 from harness.tasks.schema import METRICS, TASK_TYPES, normalise_row, row_problems
 
@@ -89,10 +90,10 @@ def check_subtask_name(value: str) -> str:
     return value
 
 
-class SourceSpec(BaseModel):
+class SourceSpec(StrictModel):
     """One external data source mapped onto one domain and subtask."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # StrictModel: unknown keys, booleans for numbers and nan / inf are refused
 
     kind: SourceKind = "shopbench"  # which reader
     path: str  # file, directory, or (kind hf) a hub dataset id
@@ -340,7 +341,7 @@ def _literal(text: str, fallback: Any) -> Any:
     """A JSON or Python literal from text, else `fallback`."""
     try:
         return json.loads(text)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         pass
     try:
         return ast.literal_eval(text)
@@ -464,8 +465,10 @@ def _ecinstruct_row(rec: dict[str, Any], cols: dict[str, str], task_type: str | 
     if not isinstance(extra, str):
         extra = json.dumps(extra, ensure_ascii=False)  # structured inputs become their JSON text
     prompt = instruction.strip() + (f"\n{extra.strip()}" if extra and extra.strip() else "")
-    has_options = parse_options(rec.get(cols["options"]))[0] is not None
-    task_type = task_type or ("multiple-choice" if has_options else "generation")
+    # Options given at all make the row multiple-choice: a one-option list is refused by _mc_row,
+    # never quietly turned into a generation row.
+    options_given = parse_options(rec.get(cols["options"])) != (None, None)
+    task_type = task_type or ("multiple-choice" if options_given else "generation")
     if task_type == "multiple-choice":
         return _mc_row(prompt, rec.get(cols["options"]), rec[cols["output"]])
     return {"input_field": prompt + "\nOutput: ", "task_type": task_type,
