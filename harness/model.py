@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,8 +156,16 @@ def pretrain_tiny(model, tokenizer, recipe: dict[str, Any] = TINY_PRETRAIN) -> l
     return losses
 
 
+# The pretrained builtin:tiny ships inside the package (3.5 MB), so a cold cache copies it instead of
+# pretraining for minutes on a laptop CPU. It is used only while its fingerprint matches the recipe
+# and world above (a test checks they agree); any change pretrains here, and
+# `python -m harness.model --ship-tiny` refreshes the shipped copy.
+SHIPPED_TINY = Path(__file__).parent / "builtin_models" / "tiny"
+
+
 def ensure_tiny() -> Path:
-    """Path of the pretrained builtin:tiny, building it once (file-locked against concurrent trials)."""
+    """Path of the pretrained builtin:tiny: the shipped copy when it matches the recipe, else built
+    once here (file-locked against concurrent trials); cached under the user cache dir either way."""
     from filelock import FileLock
 
     target = cache_dir() / "models" / f"tiny-{tiny_fingerprint()}"
@@ -166,17 +175,38 @@ def ensure_tiny() -> Path:
     with FileLock(str(target) + ".lock"):
         if (target / "done.json").exists():  # another process built it while we waited
             return target
-        log.info("pretraining builtin:tiny once (cached at %s)", target)
-        tokenizer = build_tiny_tokenizer(TINY_PRETRAIN["world_seed"])
-        model = build_tiny_model(len(tokenizer), seed=TINY_PRETRAIN["seed"])
-        losses = pretrain_tiny(model, tokenizer)
         tmp = target.with_name(target.name + ".tmp")
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "done.json").write_text(json.dumps({"fingerprint": tiny_fingerprint(),
-                                                   "first_loss": losses[0], "final_loss": losses[-1]}))
+        shutil.rmtree(tmp, ignore_errors=True)
+        if shipped_tiny_matches():
+            shutil.copytree(SHIPPED_TINY, tmp)
+        else:
+            _pretrain_into(tmp)
         os.replace(tmp, target) if not target.exists() else None
     return target
+
+
+def shipped_tiny_matches() -> bool:
+    done = SHIPPED_TINY / "done.json"
+    return done.is_file() and json.loads(done.read_text()).get("fingerprint") == tiny_fingerprint()
+
+
+def _pretrain_into(directory: Path) -> None:
+    log.info("pretraining builtin:tiny once (the shipped copy does not match this recipe)")
+    tokenizer = build_tiny_tokenizer(TINY_PRETRAIN["world_seed"])
+    model = build_tiny_model(len(tokenizer), seed=TINY_PRETRAIN["seed"])
+    losses = pretrain_tiny(model, tokenizer)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / "done.json").write_text(json.dumps({"fingerprint": tiny_fingerprint(),
+                                                     "first_loss": losses[0], "final_loss": losses[-1]}))
+
+
+def ship_tiny() -> Path:
+    """Copy the cached (or freshly pretrained) builtin:tiny into the package, for release."""
+    source = ensure_tiny()
+    shutil.rmtree(SHIPPED_TINY, ignore_errors=True)
+    shutil.copytree(source, SHIPPED_TINY)
+    return SHIPPED_TINY
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,3 +297,12 @@ def _torch_dtype(dtype: str, device: str):
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return getattr(torch, dtype)
+
+
+if __name__ == "__main__":  # python -m harness.model --ship-tiny
+    import sys
+
+    if sys.argv[1:] != ["--ship-tiny"]:
+        raise SystemExit("usage: python -m harness.model --ship-tiny")
+    logging.basicConfig(level=logging.INFO)
+    print(ship_tiny())
