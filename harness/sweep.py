@@ -311,7 +311,8 @@ def _trainable(config: dict[str, Any], table: dict[str, Any] | None = None) -> N
     record = _finished_record(results_dir, spec)
     if record is None:
         def report(metrics: dict[str, Any]) -> None:
-            if metrics.get("step", 0) >= spec.train.steps:  # ASHA acts before the last step only:
+            last = spec.train.steps  # None under train.epochs, where ASHA is refused
+            if last is not None and metrics.get("step", 0) >= last:  # ASHA acts before the last step only:
                 metrics = {k: v for k, v in metrics.items() if k != "eval_loss"}  # never stop a finished run
             try:
                 tune.report({**metrics, **tag, "harness_done": False})

@@ -220,3 +220,37 @@ def test_vllm_backend_without_vllm_names_the_install_command():
         pytest.skip("vllm is installed")
     with pytest.raises(MissingDependencyError, match=r"pip install -e \.\[gpu\]"):
         importlib.import_module("harness.evaluate.vllm_backend")
+
+
+def _unpadded_logprob(model, tok, prompt: str, text: str) -> float:
+    """The option's summed log-probability, one unpadded sequence at a time (the reference)."""
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    a = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([p + a])).logits[0].float()
+    logprobs = torch.log_softmax(logits, -1)
+    return float(sum(logprobs[len(p) - 1 + i, t] for i, t in enumerate(a)))
+
+
+def test_option_text_answers_pick_the_likeliest_continuation_whatever_the_padding(tiny, heldout):
+    from harness.evaluate.inference import answer_by_option_text
+    from harness.prompting import option_texts
+
+    tok, model = tiny
+    rows = [r for r in heldout if r["task_type"] == "multiple-choice"][:8]
+    prompts = [format_prompt(r["input_field"], tok, "raw") for r in rows]
+    options = [option_texts(r["input_field"]) for r in rows]
+    assert all(len(o) >= 2 for o in options)
+    expected = [max(range(len(o)), key=lambda k: _unpadded_logprob(model, tok, p, o[k]))
+                for p, o in zip(prompts, options)]
+    assert answer_by_option_text(model, tok, prompts, options, batch_size=5, device="cpu") == expected
+
+
+def test_option_text_responses_are_the_option_numbers(tiny, heldout):
+    tok, model = tiny
+    rows = heldout[:40]
+    responses = generate_responses(model, tok, rows, fmt="raw", batch_size=16, device="cpu",
+                                   mc_answer="option_text")
+    for row, response in zip(rows, responses):
+        if row["task_type"] == "multiple-choice":
+            assert response.isdigit() and int(response) < count_options(row["input_field"])
