@@ -112,3 +112,14 @@ def test_optuna_draws_distinct_grid_trials_and_resume_draws_the_rest(tmp_path, r
     assert all(after[name] == mtime for name, mtime in before.items()), "finished trials were re-run"
     table = pd.read_parquet(again.results_dir / "scores.parquet")
     assert table.groupby("trial_id")["task"].count().to_dict() == {r.run.trial_id: 2 for r in records}
+
+
+def test_an_epochs_budget_runs_through_ray_with_steps_from_each_mixture(tmp_path, ray_session):
+    grid = {"domains": {"sets": [["concept"], ["concept", "reasoning"]]}}
+    spec = tiny_sweep(tmp_path, "epochs", grid=grid, train={"steps": None, "epochs": 1},
+                      data={"per_subtask": 4})
+    outcome = run_sweep(spec)
+    records, _ = load_records(outcome.results_dir)
+    assert len(records) == 2 and all(r.ok for r in records), [r.train.reason for r in records]
+    # one pass over 6 x 4 and 10 x 4 rows at 4 sequences a step
+    assert sorted(r.train.steps for r in records) == [6, 10]
