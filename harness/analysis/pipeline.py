@@ -52,6 +52,7 @@ class Analysis:
     task_noise: pd.DataFrame = field(default_factory=pd.DataFrame)  # trial x task, with se and CI
     eval_se: pd.DataFrame = field(default_factory=pd.DataFrame)  # per trial: overall's eval SE
     calibration: PermutationResult | None = None  # the interaction test under permuted residuals
+    format_floor: dict[str, float] = field(default_factory=dict)  # task -> a constant well-formed answer's score
 
     @property
     def sweep(self) -> str:
@@ -113,6 +114,7 @@ def compute_analysis(results_dir: Path, *, eval_set: str | None = None,
                                     family_size),
     )
     analysis.task_noise = noise.task_noise(loaded.trials, chosen)
+    analysis.format_floor = format_floor_of(loaded.baselines, chosen)
     analysis.eval_se = noise.trial_overall_se(analysis.task_noise)
     if analysis.fit.estimable:
         analysis.calibration = permutation_fpr(trials, diversity, capacity, log2=log2_capacity,
@@ -277,3 +279,12 @@ def _family_notes(analysis: Analysis) -> list[str]:
         by = [FAMILY, analysis.diversity, fam.size]
         notes.extend(n for n in _pooling_notes(analysis.trials, by) if n not in notes)
     return notes
+
+
+def format_floor_of(baselines: list, eval_set: str) -> dict[str, float]:
+    """task -> what the answer format alone scores (the baseline record's meta.format_floor)."""
+    for record in baselines:
+        floor = (record.meta or {}).get("format_floor", {}).get(eval_set)
+        if floor:
+            return dict(floor)
+    return {}

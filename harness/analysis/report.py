@@ -387,7 +387,7 @@ def _breakdowns(a: Analysis, figures: dict[str, str]) -> str:
         "## Per-task breakdown",
         "Mean task score per diversity level; ± is one trial's evaluation noise (95% CI "
         "half-width of its task score), and the last column marks changes within it.",
-        tables.task_breakdown_table(a.tasks, a.baseline_tasks, a.diversity, a.task_noise),
+        tables.task_breakdown_table(a.tasks, a.baseline_tasks, a.diversity, a.task_noise, a.format_floor),
     ] if p)
 
 

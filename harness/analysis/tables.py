@@ -141,7 +141,7 @@ def frame_table(frame: pd.DataFrame, formats: dict[str, Any] | None = None) -> s
 
 
 def task_breakdown_table(tasks: pd.DataFrame, baseline_tasks: pd.DataFrame, diversity: str,
-                         noise: pd.DataFrame | None = None) -> str:
+                         noise: pd.DataFrame | None = None, floor: dict[str, float] | None = None) -> str:
     """Per task: the base model, then the mean over trials per diversity level (all capacities).
 
     With `noise` (harness.analysis.noise.task_noise) each mean carries the evaluation noise of one
@@ -163,8 +163,10 @@ def task_breakdown_table(tasks: pd.DataFrame, baseline_tasks: pd.DataFrame, dive
         return markdown_table(headers, rows)
     spread = _task_noise_by_level(noise, diversity)
     headers[3:3] = ["rows"]
+    headers[5:5] = ["format floor"] if floor else []
     headers.append(f"{fmt_level(levels[-1])} − {fmt_level(levels[0])}")
     rows = [[task, str(m.track), str(m.metric), fmt_level(m.n), fmt(base.get(task)),
+             *([fmt(floor.get(task))] if floor else []),
              *(_mean_pm(means.get((task, v)), spread, (task, v)) for v in levels),
              _change(means, spread, task, levels[0], levels[-1])]
             for task, m in meta.iterrows()]

@@ -99,3 +99,15 @@ def test_compare_two_sweeps_side_by_side(tmp_path):
     assert len(shared) == 8 and len(rows) == 16
     row = next(r for r in shared if r["n_domains"] == 4 and r["lora_rank"] == 8)
     assert row["diff"] == pytest.approx(row["mean_a"] - row["mean_b"])
+
+
+def test_the_per_task_table_shows_the_format_floor_from_the_baseline(tmp_path):
+    from synth_results import EVAL_SET
+
+    root = make_results(tmp_path, n_domains=(1, 4), ranks=(2, 4), seeds=(0, 1), baseline=None)
+    floor = {"concept_task1": 0.123, "concept_task2": 0.25}
+    write_trials(root, [make_baseline(0.2).model_copy(update={"meta": {"format_floor": {EVAL_SET: floor}}})])
+    analyze(root)
+    table = (root / "report.md").read_text().split("## Per-task breakdown")[1]
+    assert "| format floor |" in table
+    assert "| concept_task1 |" in table and "| 0.123 |" in table
