@@ -22,6 +22,11 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+# The capacity block's types live below this module (so capacity never imports config); they are
+# re-exported here, where sweeps and tests have always imported them from.
+from harness.capacity.schema import (VARIANT_FIELDS, AdapterSpec, CapacityGrid, CapacitySpec,  # noqa: F401
+                                     TargetModules, parse_alpha)
+from harness.capacity.settings import capacity_problems, capacity_settings, variants
 from harness.errors import InputError, did_you_mean
 from harness.strict_model import StrictModel
 from harness.tasks.sources import SourceSpec
@@ -157,106 +162,6 @@ def budget_note(train: TrainSpec) -> str:
                 "subtasks sees each subtask fewer times")
     return (f"equal passes over the data: train.epochs = {train.epochs:g}, so steps follow each mixture's "
             "size and a bigger mixture gets proportionally more compute")
-
-
-Family = Literal["lora", "dora", "multi_lora", "mole"]
-TargetModules = Union[Literal["all-linear", "attention", "mlp"], list[str]]
-
-
-class CapacitySpec(Spec):
-    """How trainable capacity is added to the frozen base model: the defaults of every setting in
-    grid.capacity (which varies them) and, with match_params, the parameter budgets to match."""
-
-    family: Family = "lora"  # lora | dora | multi_lora (an adapter per group + shared) | mole (LoRA experts)
-    rank: int | None = Field(default=None, ge=1)  # per adapter / per expert; default: grid.lora_rank
-    alpha: Union[float, str] = "2x_rank"  # a number (fixed), "<k>x_rank", or "rslora:<alpha>" (alpha/sqrt(rank))
-    target_modules: TargetModules = "all-linear"  # all-linear | attention | mlp | [module names]
-    dropout: float = Field(default=0.0, ge=0, lt=1)  # on the adapter's input
-    experts: int = Field(default=4, ge=1)  # mole: LoRA experts per adapted layer
-    top_k: int = Field(default=2, ge=1)  # mole: experts each token uses
-    router_aux_weight: float = Field(default=0.01, ge=0)  # mole: weight of the load-balancing loss
-    groups: Union[Literal["domain", "subtask"], dict[str, list[str]]] = "domain"  # multi_lora: one adapter per ...
-    eval_map: dict[str, str] = Field(default_factory=dict)  # multi_lora: eval task name / track / task type -> group
-    # Trainable-parameter budgets ("r32" = plain LoRA rank 32 on these target modules, or a count):
-    # each grid.capacity setting gets the rank whose parameter count is nearest to each budget.
-    match_params: list[Union[int, str]] | None = None
-
-    @field_validator("alpha")
-    @classmethod
-    def _alpha_rule(cls, value: Union[float, str]) -> Union[float, str]:
-        parse_alpha(value, 1)
-        return value
-
-    @field_validator("match_params")
-    @classmethod
-    def _budgets(cls, value: list[Union[int, str]] | None) -> list[Union[int, str]] | None:
-        for item in value or []:
-            if isinstance(item, int) and item < 1 or isinstance(item, str) and not _budget_rank(item):
-                raise ValueError(f"{item!r}: a budget is a parameter count (e.g. 400000) or 'r<rank>' "
-                                 "(plain LoRA's parameters at that rank, e.g. r32)")
-        return value
-
-
-# Knobs a grid.capacity entry may set (the rest are sweep-wide, in the capacity block).
-VARIANT_FIELDS = ("family", "rank", "alpha", "target_modules", "dropout", "experts", "top_k",
-                  "router_aux_weight", "groups")
-
-
-def parse_alpha(rule: Union[float, str], rank: int) -> tuple[float, bool]:
-    """(lora_alpha, use_rslora) from an alpha rule; ValueError with the accepted forms otherwise."""
-    if not isinstance(rule, str):
-        if rule <= 0:
-            raise ValueError("must be positive")
-        return float(rule), False
-    try:
-        if rule.endswith("x_rank") and float(rule[: -len("x_rank")]) > 0:
-            return float(rule[: -len("x_rank")]) * rank, False
-        if rule.startswith("rslora:") and float(rule[len("rslora:"):]) > 0:
-            return float(rule[len("rslora:"):]), True
-    except ValueError:
-        pass
-    raise ValueError(f"{rule!r}: use a positive number (fixed alpha), '<k>x_rank' (e.g. '2x_rank') or "
-                     "'rslora:<alpha>' (scaling alpha / sqrt(rank), e.g. 'rslora:16')")
-
-
-def _budget_rank(label: str) -> int | None:
-    return int(label[1:]) if label[:1] == "r" and label[1:].isdigit() and int(label[1:]) > 0 else None
-
-
-class AdapterSpec(Spec):
-    """One trial's resolved capacity setting (what the trainer builds)."""
-
-    family: Family = "lora"
-    rank: int = Field(ge=1)
-    alpha: float = Field(gt=0)
-    rslora: bool = False  # scaling alpha / sqrt(rank) instead of alpha / rank
-    target_modules: TargetModules = "all-linear"
-    dropout: float = 0.0
-    experts: int | None = None  # mole
-    top_k: int | None = None  # mole
-    router_aux_weight: float | None = None  # mole
-    groups: dict[str, list[str]] | None = None  # multi_lora: adapter name -> the domains or subtasks it trains on
-    group_by: Literal["domain", "subtask"] | None = None  # multi_lora: what the group members are
-    eval_map: dict[str, str] | None = None  # multi_lora: declared evaluation routing
-    params: int | None = None  # trainable parameters counted from the model shape (None: shape unknown)
-    budget: str | None = None  # the match_params budget this setting was matched to
-    alpha_rule: Union[float, str] = "2x_rank"  # what the sweep said (alpha is its value at this rank)
-
-    @property
-    def is_classic_lora(self) -> bool:
-        """Plain LoRA as the harness ran it before capacity families existed (ids kept stable)."""
-        return self.family == "lora" and not self.rslora and self.budget is None
-
-    @property
-    def label(self) -> str:
-        """Short readable name: lora-r8, dora-r8, multi_lora-g4-r8, mole-e4k2-r8."""
-        extra = {"multi_lora": f"-g{len(self.groups or {})}",
-                 "mole": f"-e{self.experts}k{self.top_k}"}.get(self.family, "")
-        return f"{self.family}{extra}-r{self.rank}"
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / (self.rank ** 0.5 if self.rslora else self.rank)
 
 
 class DomainAxis(Spec):
@@ -868,17 +773,15 @@ def semantic_problems(spec: SweepSpec) -> list[str]:
     for i, src in enumerate(spec.data.sources):
         if src != SYNTHETIC_SOURCE and src.kind != "hf" and not Path(src.path).exists():
             problems.append(f"data.sources[{i}].path: file not found: {src.path}")
-    from harness.capacity.settings import capacity_problems
-
     problems += (_resource_problems(spec) + _train_schedule_problems(spec.train) + _search_problems(spec)
                  + _world_problems(spec.data))
     problems += _base_model_problems(spec.base_model) + _limit_problems(spec)
-    problems += capacity_problems(spec, resolve=False)
+    problems += capacity_problems(capacity_grid(spec), resolve=False)
     if problems:
         return problems
     # Count before resolving (a 10^9-trial grid is refused, not expanded); capacity settings are
     # resolved per data cell and rank, which needs the rest to be valid first.
-    return _trial_count_problems(spec) or capacity_problems(spec, resolve=True)
+    return _trial_count_problems(spec) or capacity_problems(capacity_grid(spec), resolve=True)
 
 
 def _base_model_problems(base_model: str) -> list[str]:
@@ -950,9 +853,7 @@ def _limit_problems(spec: SweepSpec) -> list[str]:
 
 def count_trials(spec: SweepSpec) -> int:
     """Trials the grid expands to (without the baseline), computed without expanding it."""
-    from harness.capacity.settings import variants
-
-    found = variants(spec)
+    found = variants(capacity_grid(spec))
     settings = (len(spec.capacity.match_params) * len(found) if spec.capacity.match_params
                 else sum(1 if v.get("rank") else len(spec.grid.ranks) for v in found))
     return len(data_sets(spec)) * len(spec.grid.volume or [1]) * settings * len(spec.grid.seed)
@@ -1114,14 +1015,20 @@ def data_sets(spec: SweepSpec) -> list[tuple[list[str], list[str]]]:
             for doms in _axis_sets(spec.grid.domains, domain_ids)]
 
 
+def capacity_grid(spec: SweepSpec) -> CapacityGrid:
+    """The parts of the sweep that capacity resolution reads (harness.capacity.settings)."""
+    return CapacityGrid(base_model=spec.base_model, capacity=spec.capacity, entries=spec.grid.capacity or [],
+                        ranks=spec.grid.ranks, lora_rank_declared=spec.grid.lora_rank is not None,
+                        cells=lambda: data_sets(spec))
+
+
 def expand_trials(spec: SweepSpec) -> list[TrialSpec]:
     """The full factorial: data sets x volume x capacity setting x seed, seeds innermost."""
-    from harness.capacity.settings import capacity_settings
-
     volumes = spec.grid.volume or [spec.data.per_subtask]
+    grid = capacity_grid(spec)
     trials = []
     for domains, subtasks in data_sets(spec):
-        settings = capacity_settings(spec, domains, subtasks)  # per data set: volume does not change them
+        settings = capacity_settings(grid, domains, subtasks)  # per data set: volume does not change them
         for volume, capacity, seed in itertools.product(volumes, settings, spec.grid.seed):
             # Built from parts validated already: model_construct skips re-validating each one (10^5 trials)
             trials.append(TrialSpec.model_construct(

@@ -34,7 +34,8 @@ from typing import Any
 
 import yaml
 
-from harness.config import SweepSpec, TrialSpec, baseline_trial, data_sets, expand_trials, search_metric
+from harness.config import (SweepSpec, TrialSpec, baseline_trial, capacity_grid, data_sets, expand_trials,
+                            search_metric)
 from harness.errors import InputError
 from harness.results import (TrialRecord, TrialStatus, atomic_write_text, load_records, read_record,
                              write_scores_table)
@@ -584,7 +585,8 @@ def factor_keys(spec: SweepSpec, trials: list[TrialSpec]) -> dict[tuple, str]:
     from harness.capacity.settings import capacity_settings
 
     sets = [(d, s) for d, s in data_sets(spec)]
-    settings = {i: capacity_settings(spec, d, s) for i, (d, s) in enumerate(sets)}
+    grid = capacity_grid(spec)
+    settings = {i: capacity_settings(grid, d, s) for i, (d, s) in enumerate(sets)}
     keys = {}
     for t in trials:
         if t.kind == "trial":
@@ -612,7 +614,7 @@ def factor_space(spec: SweepSpec) -> dict[str, list]:
 def _n_capacity_settings(spec: SweepSpec) -> int:
     from harness.capacity.settings import capacity_settings
 
-    return len(capacity_settings(spec, *data_sets(spec)[0]))
+    return len(capacity_settings(capacity_grid(spec), *data_sets(spec)[0]))
 
 
 class FactorSampler:

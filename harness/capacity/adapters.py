@@ -5,8 +5,10 @@
     adapted.save(path); again = load_adapted(fresh_base, path)
     merged = adapted.merged()                       # plain model with the adapter folded in
 
-The trainer and the evaluator only talk to AdaptedModel, so a new family is one subclass here.
-- lora / dora: one peft LoRA adapter (`use_dora` adds the magnitude vector; rsLoRA scaling on demand).
+The trainer and the evaluator only talk to AdaptedModel. Each family's class here is named by its
+definition in harness.capacity.families (`Family.adapted`), which is how `attach` and `load_adapted`
+find it: nothing here compares family names.
+- lora / dora: one peft LoRA adapter (DoRA adds the magnitude vector; rsLoRA scaling on demand).
 - multi_lora: peft adapters named after the groups (a domain, a subtask, or a declared set of them)
   plus `shared`. A training batch holds one group's rows and runs that group's adapter together with
   the shared one (their updates add up), so the shared adapter learns from every example and the
@@ -19,16 +21,16 @@ Saved adapters carry `capacity.json` (the AdapterSpec), so a directory reloads w
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from harness.capacity.settings import SHARED
-from harness.config import AdapterSpec
+from harness.capacity.registry import get_family
+from harness.capacity.schema import SHARED, AdapterSpec
 from harness.shapes import TARGET_SETS
+
+if TYPE_CHECKING:  # torch loads when a model does: plan and validation import this module without it
+    import torch
+    from torch import nn
 
 SPEC_FILE = "capacity.json"
 
@@ -73,7 +75,21 @@ class AdaptedModel:
 
 
 class PeftAdapted(AdaptedModel):
-    """lora and dora: one peft adapter named `default`."""
+    """Plain LoRA: one peft adapter named `default`."""
+
+    use_dora = False
+
+    @classmethod
+    def attach(cls, model: nn.Module, spec: AdapterSpec) -> AdaptedModel:
+        from peft import get_peft_model
+
+        return cls(get_peft_model(model, _lora_config(spec, cls.use_dora)), spec)
+
+    @classmethod
+    def load(cls, model: nn.Module, path: Path, spec: AdapterSpec, trainable: bool) -> AdaptedModel:
+        from peft import PeftModel
+
+        return cls(PeftModel.from_pretrained(model, str(path), is_trainable=trainable), spec)
 
     def base_model(self) -> nn.Module:
         return self.model.get_base_model()
@@ -87,7 +103,34 @@ class PeftAdapted(AdaptedModel):
         return self.model.merge_and_unload()
 
 
+class DoraAdapted(PeftAdapted):
+    """DoRA: peft's LoRA with the weight decomposed into magnitude and direction."""
+
+    use_dora = True
+
+
 class MultiLoraAdapted(PeftAdapted):
+    @classmethod
+    def attach(cls, model: nn.Module, spec: AdapterSpec) -> AdaptedModel:
+        from peft import get_peft_model
+
+        peft_model = get_peft_model(model, _lora_config(spec), adapter_name=SHARED)
+        for group in spec.groups:
+            peft_model.add_adapter(group, _lora_config(spec))
+        for name, param in peft_model.named_parameters():
+            param.requires_grad_("lora_" in name)  # every group's adapter trains, not only the active one
+        return cls(peft_model, spec)
+
+    @classmethod
+    def load(cls, model: nn.Module, path: Path, spec: AdapterSpec, trainable: bool) -> AdaptedModel:
+        from peft import PeftModel
+
+        peft_model = PeftModel.from_pretrained(model, str(path / SHARED), adapter_name=SHARED,
+                                               is_trainable=trainable)
+        for group in spec.groups:
+            peft_model.load_adapter(str(path / group), adapter_name=group, is_trainable=trainable)
+        return cls(peft_model, spec)
+
     def __init__(self, model: nn.Module, spec: AdapterSpec):
         super().__init__(model, spec)
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -126,6 +169,27 @@ class MultiLoraAdapted(PeftAdapted):
 
 
 class MoleAdapted(AdaptedModel):
+    @classmethod
+    def attach(cls, model: nn.Module, spec: AdapterSpec) -> AdaptedModel:
+        from harness.capacity.mole import attach_mole
+
+        attach_mole(model, rank=spec.rank, scaling=spec.scaling, experts=spec.experts, top_k=spec.top_k,
+                    targets=spec.target_modules, dropout=spec.dropout)
+        return cls(model, spec)
+
+    @classmethod
+    def load(cls, model: nn.Module, path: Path, spec: AdapterSpec, trainable: bool) -> AdaptedModel:
+        from safetensors.torch import load_file
+
+        adapted = cls.attach(model, spec)
+        state = load_file(str(path / "adapter_model.safetensors"))
+        missing = [k for k in adapted.model.state_dict() if ".mole_" in k and k not in state]
+        if missing:
+            raise ValueError(f"{path}: adapter file lacks {len(missing)} MoLE tensors (e.g. {missing[0]}); "
+                             "it was saved from a different model or setting")
+        adapted.model.load_state_dict(state, strict=False)
+        return adapted
+
     def __init__(self, model: nn.Module, spec: AdapterSpec):
         super().__init__(model, spec)
         from harness.capacity.mole import mole_layers
@@ -161,32 +225,17 @@ def attach(model: nn.Module, spec: AdapterSpec | None) -> AdaptedModel:
     """Wrap a freshly loaded base model with the trial's adapters (trainable, the base frozen)."""
     if spec is None:
         return AdaptedModel(model)
-    if spec.family == "mole":
-        from harness.capacity.mole import attach_mole
-
-        attach_mole(model, rank=spec.rank, scaling=spec.scaling, experts=spec.experts, top_k=spec.top_k,
-                    targets=spec.target_modules, dropout=spec.dropout)
-        return MoleAdapted(model, spec)
-    from peft import get_peft_model
-
-    if spec.family == "multi_lora":
-        peft_model = get_peft_model(model, _lora_config(spec), adapter_name=SHARED)
-        for group in spec.groups:
-            peft_model.add_adapter(group, _lora_config(spec))
-        for name, param in peft_model.named_parameters():
-            param.requires_grad_("lora_" in name)  # every group's adapter trains, not only the active one
-        return MultiLoraAdapted(peft_model, spec)
-    return PeftAdapted(get_peft_model(model, _lora_config(spec)), spec)
+    return get_family(spec.family).adapted.attach(model, spec)
 
 
-def _lora_config(spec: AdapterSpec):
+def _lora_config(spec: AdapterSpec, use_dora: bool = False):
     from peft import LoraConfig
 
     targets = spec.target_modules
     if isinstance(targets, str) and targets != "all-linear":
         targets = list(TARGET_SETS[targets])
     return LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
-                      use_rslora=spec.rslora, use_dora=spec.family == "dora", task_type="CAUSAL_LM",
+                      use_rslora=spec.rslora, use_dora=use_dora, task_type="CAUSAL_LM",
                       bias="none")
 
 
@@ -201,30 +250,7 @@ def load_adapted(model: nn.Module, path: Path, *, trainable: bool = False) -> Ad
     """Load a saved adapter onto a fresh base model of the same kind (for evaluation by default)."""
     path = Path(path)
     spec = read_spec(path)
-    if spec.family == "mole":
-        return _load_mole(model, path, spec)
-    from peft import PeftModel
-
-    if spec.family != "multi_lora":
-        return PeftAdapted(PeftModel.from_pretrained(model, str(path), is_trainable=trainable), spec)
-    peft_model = PeftModel.from_pretrained(model, str(path / SHARED), adapter_name=SHARED,
-                                           is_trainable=trainable)
-    for group in spec.groups:
-        peft_model.load_adapter(str(path / group), adapter_name=group, is_trainable=trainable)
-    return MultiLoraAdapted(peft_model, spec)
-
-
-def _load_mole(model: nn.Module, path: Path, spec: AdapterSpec) -> MoleAdapted:
-    from safetensors.torch import load_file
-
-    adapted = attach(model, spec)
-    state = load_file(str(path / "adapter_model.safetensors"))
-    missing = [k for k in adapted.model.state_dict() if ".mole_" in k and k not in state]
-    if missing:
-        raise ValueError(f"{path}: adapter file lacks {len(missing)} MoLE tensors (e.g. {missing[0]}); "
-                         "it was saved from a different model or setting")
-    adapted.model.load_state_dict(state, strict=False)
-    return adapted
+    return get_family(spec.family).adapted.load(model, path, spec, trainable)
 
 
 def _domain_of_track(track: Any) -> str | None:

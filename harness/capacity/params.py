@@ -3,16 +3,14 @@
     adapter_params(shape, "mole", rank=8, targets="all-linear", experts=4)
     match_rank(393_216, shape, "mole", targets="all-linear", experts=4)   # -> (rank, params)
 
-Per adapted linear layer with in_features i and out_features o, at rank r:
-    lora        r (i + o)                      A: r x i, B: o x r
-    dora        r (i + o) + o                  plus the magnitude vector
-    multi_lora  (G + 1) r (i + o)              G group adapters and the shared one
-    mole        E r (i + o) + E i              E experts and the router (E x i, no bias)
-Tests check these against the parameters peft and harness.capacity.mole really create. No torch here.
+Each family's count per adapted layer is part of its definition (harness.capacity.families, where
+the formulas are listed); tests check them against the parameters peft and harness.capacity.mole
+really create. No torch here.
 """
 
 from __future__ import annotations
 
+from harness.capacity.registry import get_family
 from harness.shapes import ModelShape
 
 
@@ -23,14 +21,7 @@ def adapter_params(shape: ModelShape, family: str, rank: int, targets: str | lis
     dims = shape.linear_dims(targets)
     if dims is None:
         return None
-    per_layer = sum(rank * (i + o) for i, o in dims)
-    if family == "dora":
-        per_layer += sum(o for _, o in dims)
-    elif family == "multi_lora":
-        per_layer *= (n_groups or 1) + 1
-    elif family == "mole":
-        per_layer = (experts or 1) * (per_layer + sum(i for i, _ in dims))
-    return shape.layers * per_layer
+    return shape.layers * get_family(family).layer_params(dims, rank, experts, n_groups)
 
 
 def match_rank(budget: int, shape: ModelShape, family: str, targets: str | list[str], *,

@@ -25,6 +25,8 @@ except ImportError as exc:
         f"the vLLM evaluation backend needs vllm ({exc}): pip install -e .[gpu]"
     ) from exc
 
+from harness.capacity.families import LORA
+from harness.capacity.registry import get_family
 from harness.evaluate.inference import respond_by_task_type
 from harness.prompting import PromptFormat, format_prompt
 
@@ -71,8 +73,8 @@ def adapter_rank(adapter_path: str | Path) -> int:
     """The LoRA rank `r` from a PEFT adapter directory's adapter_config.json. vLLM serves plain LoRA
     only: other capacity families (capacity.json says which) are refused with what to do instead."""
     spec_file = Path(adapter_path) / "capacity.json"
-    family = json.loads(spec_file.read_text()).get("family", "lora") if spec_file.exists() else "lora"
-    if family != "lora":
+    family = json.loads(spec_file.read_text()).get("family", LORA.name) if spec_file.exists() else LORA.name
+    if not get_family(family).vllm_lora:
         raise ValueError(f"{adapter_path}: a {family} adapter; vLLM serves plain LoRA adapters only. "
                          "Evaluate it with the transformers path, or merge it first "
                          "(harness.capacity.adapters.load_adapted(...).merged(); mole cannot be merged)")

@@ -1,0 +1,100 @@
+"""The harness's module import graph has no cycle, counting imports inside functions too.
+
+Every module under harness/ is parsed (not imported); each `import` or `from ... import` naming a
+harness module is an edge, wherever it sits. Importing `a.b.c` also runs the package `a.b`'s
+__init__, so that is an edge too, except from inside the package (its __init__ is already running).
+A cycle here is one a function-local import merely hides until the day it is called first.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "harness"
+
+
+def module_files() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def imported_names(tree: ast.AST, package: str) -> list[str]:
+    """Dotted names of everything the module imports, anywhere in it (relative imports resolved)."""
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            names += [f"{base}.{a.name}" for a in node.names] + [base]
+    return names
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = module_files()
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for imported in imported_names(ast.parse(path.read_text()), package):
+            parts = imported.split(".")
+            for k in range(1, len(parts) + 1):  # the module and every package above it
+                target = ".".join(parts[:k])
+                if target in files and target != name and not (name + ".").startswith(target + "."):
+                    targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as a path of module names, or None (depth-first search with colours)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_harness_import_graph_is_acyclic():
+    graph = import_graph()
+    assert len(graph) > 40 and graph["harness.config"], "the parser found too little: check module_files"
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_a_function_local_import_cycle_is_found(tmp_path):
+    """The checker itself: a cycle hidden in a function is caught, the package rule holds."""
+    graph = {"harness.a": {"harness.b"}, "harness.b": set()}
+    tree = ast.parse("def f():\n    from harness.a import x\n")
+    graph["harness.b"] = {n for n in imported_names(tree, "harness") if n in graph}
+    assert find_cycle(graph) == ["harness.a", "harness.b", "harness.a"]
+    assert find_cycle({"harness.a": {"harness.b"}, "harness.b": set()}) is None
+
+
+def test_config_no_longer_imports_capacity_from_inside_functions():
+    """The old hidden cycle: config <-> capacity.settings. Capacity sits below config now."""
+    graph = import_graph()
+    capacity = {m for m in graph if m.startswith("harness.capacity")}
+    assert not any("harness.config" in graph[m] for m in capacity)
+    assert "harness.capacity.settings" in graph["harness.config"]
