@@ -165,9 +165,7 @@ def trial(sweep_file: Path, index: int = typer.Option(0, help="Trial index from 
     ranks = ranks or spec.resources.ranks_per_trial()
     torch.set_num_threads(max(int(spec.resources.cpu) // ranks, 1))  # as a Ray worker would
     resolve_model_path(spec.base_model)
-    record = run_trial(trials[index], output or spec.results_dir, device=device, ranks=ranks,
-                       wandb_mode=spec.wandb.mode, wandb_project=spec.wandb.project,
-                       wandb_entity=spec.wandb.entity)
+    record = run_trial(trials[index], output or spec.results_dir, device=device, ranks=ranks, wandb=spec.wandb)
     typer.echo(json.dumps({"trial_id": record.run.trial_id, "status": record.train.status.value,
                            "reason": record.train.reason,
                            "overall": {k: v.overall for k, v in record.eval.items()},

@@ -34,8 +34,8 @@ from typing import Any
 
 import yaml
 
-from harness.config import (SweepSpec, TrialSpec, baseline_trial, capacity_grid, data_sets, expand_trials,
-                            search_metric)
+from harness.config import (SweepSpec, TrialSpec, WandbSpec, baseline_trial, capacity_grid, data_sets,
+                            expand_trials, search_metric)
 from harness.errors import InputError
 from harness.results import (TrialRecord, TrialStatus, atomic_write_text, load_records, read_record,
                              write_scores_table)
@@ -320,14 +320,11 @@ def _trainable(config: dict[str, Any], table: dict[str, Any] | None = None) -> N
             except Exception as exc:  # the driver is gone: write nothing, a resume re-runs the trial
                 raise DriverLost(f"cannot report to the Tune driver: {exc}") from exc
 
-        wandb = config["wandb"]
         meta = {"ray_node_id": ray.get_runtime_context().get_node_id(),
                 "tune_trial_id": tune.get_context().get_trial_id()}
         try:
             record = run_trial(spec, results_dir, reporter=report, ranks=config.get("ranks", 1),
-                               wandb_mode=wandb["mode"],
-                               wandb_project=wandb["project"], wandb_entity=wandb["entity"],
-                               wandb_init_timeout=wandb["init_timeout"], meta=meta)
+                               wandb=WandbSpec.model_validate(config["wandb"]), meta=meta)
         finally:
             shutdown_service()
     tune.report({**outcome_metrics(record), **tag, "harness_done": True})

@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from harness.config import TrainSpec, TrialSpec, budget_steps
+from harness.config import TrainSpec, TrialSpec, WandbSpec, budget_steps
 from harness.errors import InputError
 from harness.results import (DataInfo, EvalResult, RunInfo, TrainInfo, TrialRecord, TrialStatus,
                              read_record, write_record)
@@ -47,13 +47,11 @@ def adapter_dir(results_dir: Path, spec: TrialSpec) -> Path:
 
 
 def run_trial(spec: TrialSpec, results_dir: Path, *, device: str | None = None,
-              reporter: Reporter | None = None, wandb_mode: str = "offline",
-              wandb_project: str = "divcap", wandb_entity: str | None = None,
-              wandb_init_timeout: float = 90.0, meta: dict[str, Any] | None = None,
-              ranks: int = 1) -> TrialRecord:
+              reporter: Reporter | None = None, wandb: WandbSpec | None = None,
+              meta: dict[str, Any] | None = None, ranks: int = 1) -> TrialRecord:
     """Run one trial end to end and write its record; never raises for a failed trial.
 
-    `ranks` > 1 trains data-parallel: this process is rank 0 and starts ranks-1 helper processes
+    `wandb` is the sweep's W&B block (default: offline, project divcap). `ranks` > 1 trains data-parallel: this process is rank 0 and starts ranks-1 helper processes
     (harness.distributed; on CUDA, rank r uses the r-th visible GPU). Only rank 0 evaluates, logs
     and writes. `meta` is merged into the record's meta (the driver adds the Ray node id). A BaseException that
     is not an Exception (the scheduler stopping the trial, Ctrl-C) writes no record: whoever stopped
@@ -62,7 +60,7 @@ def run_trial(spec: TrialSpec, results_dir: Path, *, device: str | None = None,
     device = device or select_device()
     if ranks > 1 and device.startswith("cuda"):
         device = "cuda:0"  # rank r trains on cuda:r of the visible GPUs
-    logger = _start_logger(spec, results_dir, wandb_mode, wandb_project, wandb_entity, wandb_init_timeout)
+    logger = _start_logger(spec, results_dir, wandb or WandbSpec())
     started, record = time.perf_counter(), None
     try:
         try:
@@ -527,15 +525,14 @@ def git_state() -> dict[str, Any]:
     return {"git_commit": commit or None, "git_dirty": dirty if commit else None}
 
 
-def _start_logger(spec: TrialSpec, results_dir: Path, mode: str, project: str, entity: str | None,
-                  init_timeout: float):
+def _start_logger(spec: TrialSpec, results_dir: Path, wandb: WandbSpec):
     from harness.tracking import start_trial_run, trial_config
 
     config = trial_config(spec.factors, sweep=spec.sweep, kind=spec.kind, base_model=spec.base_model,
                           cell_id=spec.cell_id, trial_id=spec.trial_id)
     return start_trial_run(sweep=spec.sweep, trial_id=spec.trial_id, cell_id=spec.cell_id,
-                           name=spec.name, config=config, kind=spec.kind, project=project,
-                           entity=entity, mode=mode, root=results_dir, init_timeout=init_timeout)
+                           name=spec.name, config=config, kind=spec.kind, project=wandb.project,
+                           entity=wandb.entity, mode=wandb.mode, root=results_dir, init_timeout=wandb.init_timeout)
 
 
 def _finish_logger(logger, record: TrialRecord | None) -> None:

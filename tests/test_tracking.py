@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from wandb_readback import history, offline_runs, run_header, run_summary
 
-from harness.config import expand_trials, validate_sweep
+from harness.config import WandbSpec, expand_trials, validate_sweep
 from harness.results import TrialStatus, read_record
 from harness.tracking import (TrialLogger, shutdown_service, start_trial_run, trial_config,
                               wandb_run_id)
@@ -116,8 +116,7 @@ def test_a_failed_trial_logs_its_status_and_no_scores(tmp_path):
 
 @pytest.mark.slow
 def test_a_real_trial_run_is_grouped_named_tagged_and_carries_losses_and_scores(tmp_path, spec):
-    record = run_trial(spec, tmp_path, device="cpu", wandb_mode="offline", wandb_project="p",
-                       wandb_init_timeout=7)
+    record = run_trial(spec, tmp_path, device="cpu", wandb=WandbSpec(mode="offline", project="p", init_timeout=7))
     assert record.ok
     (run_dir,) = offline_runs(tmp_path / "wandb", wandb_run_id("track", spec.trial_id))
     header, read = run_header(run_dir), run_summary(run_dir)
@@ -139,12 +138,33 @@ def test_a_real_trial_run_is_grouped_named_tagged_and_carries_losses_and_scores(
 
 
 @pytest.mark.slow
+def test_harness_trial_uses_the_sweeps_wandb_block(tmp_path):
+    """`harness trial` hands run_trial the sweep's whole W&B block, init_timeout included (it was
+    dropped when the block travelled as loose wandb_* arguments). wandb's own debug log of the run
+    states the timeout it waited with."""
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    sweep = {**SMALL, "train": {**SMALL["train"], "steps": 1, "eval_every": None},
+             "wandb": {"project": "from-yaml", "mode": "offline", "init_timeout": 7.5}}
+    (tmp_path / "s.yaml").write_text(json.dumps(sweep))
+    result = CliRunner().invoke(app, ["trial", str(tmp_path / "s.yaml"), "--device", "cpu",
+                                      "--output", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    trial = expand_trials(validate_sweep(sweep))[0]
+    (run_dir,) = offline_runs(tmp_path / "out" / "wandb", wandb_run_id("track", trial.trial_id))
+    assert run_summary(run_dir)["project"] == "from-yaml"
+    assert "with 7.5 second timeout" in (run_dir / "logs" / "debug.log").read_text()
+
+
+@pytest.mark.slow
 def test_unreachable_wandb_server_does_not_fail_the_trial(tmp_path, monkeypatch, spec):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     started = time.perf_counter()
-    record = run_trial(spec, tmp_path, device="cpu", wandb_mode="online", wandb_init_timeout=4)
+    record = run_trial(spec, tmp_path, device="cpu", wandb=WandbSpec(mode="online", init_timeout=4))
     assert record.ok, record.train.reason
     assert read_record(tmp_path / "trials" / f"{spec.trial_id}.json").ok
     assert time.perf_counter() - started < 90  # the timeout bounds the wait

@@ -8,9 +8,11 @@ import json
 import pytest
 import torch
 
-from harness.config import TrainSpec, baseline_trial, expand_trials, validate_sweep
+from harness.config import TrainSpec, WandbSpec, baseline_trial, expand_trials, validate_sweep
 from harness.results import RunInfo, TrainInfo, TrialRecord, TrialStatus, read_record
 from harness.trial import run_trial, save_record
+
+NO_WANDB = WandbSpec(mode="disabled")
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +46,7 @@ def _spec(**train):
 
 def test_trial_writes_a_complete_record(tmp_path):
     spec = _spec()
-    record = run_trial(spec, tmp_path, device="cpu", wandb_mode="disabled")
+    record = run_trial(spec, tmp_path, device="cpu", wandb=NO_WANDB)
     assert record.ok, record.train.reason
     path = tmp_path / "trials" / f"{spec.trial_id}.json"
     again = read_record(path)
@@ -62,14 +64,14 @@ def test_trial_writes_a_complete_record(tmp_path):
 
 def test_baseline_evaluates_without_training(tmp_path):
     spec = baseline_trial(validate_sweep(TINY))
-    record = run_trial(spec, tmp_path, device="cpu", wandb_mode="disabled")
+    record = run_trial(spec, tmp_path, device="cpu", wandb=NO_WANDB)
     assert record.ok and record.train.steps == 0
     assert (tmp_path / "baseline" / f"{spec.trial_id}.json").exists()
 
 
 def test_nan_loss_is_a_failed_record_with_the_reason(tmp_path):
     spec = _spec(lr=1e12, warmup_steps=0)
-    record = run_trial(spec, tmp_path, device="cpu", wandb_mode="disabled")
+    record = run_trial(spec, tmp_path, device="cpu", wandb=NO_WANDB)
     assert record.train.status is TrialStatus.FAILED
     assert "NonFiniteLossError" in record.train.reason
     assert read_record(tmp_path / "trials" / f"{spec.trial_id}.json").train.status is TrialStatus.FAILED
@@ -78,14 +80,14 @@ def test_nan_loss_is_a_failed_record_with_the_reason(tmp_path):
 def test_exception_is_recorded_and_does_not_raise(tmp_path, monkeypatch):
     spec = _spec()
     monkeypatch.setenv("HARNESS_FAULTS", f"raise:{spec.trial_id}")
-    record = run_trial(spec, tmp_path, device="cpu", wandb_mode="disabled")
+    record = run_trial(spec, tmp_path, device="cpu", wandb=NO_WANDB)
     assert record.train.status is TrialStatus.FAILED and "injected fault" in record.train.reason
 
 
 def test_out_of_memory_retries_with_half_the_micro_batch(tmp_path, monkeypatch):
     spec = _spec()
     monkeypatch.setenv("HARNESS_FAULTS", f"oom:{spec.trial_id}")
-    record = run_trial(spec, tmp_path, device="cpu", wandb_mode="disabled")
+    record = run_trial(spec, tmp_path, device="cpu", wandb=NO_WANDB)
     assert record.ok, record.train.reason
     assert record.train.retries == ["oom: micro_batch 8 -> 4, grad_accum 1 -> 2"]
 
@@ -99,7 +101,7 @@ def test_an_out_of_memory_mid_training_restarts_from_the_initial_adapter(tmp_pat
 
     spec = _spec(steps=6, log_every=1)
     clean = run_trial(_spec(steps=6, log_every=1, micro_batch=4, grad_accum=2), tmp_path / "clean",
-                      device="cpu", wandb_mode="disabled")
+                      device="cpu", wandb=NO_WANDB)
     real_step, calls = harness.train._optimizer_step, []
 
     def out_of_memory_at_step_4(*args, **kwargs):
@@ -109,7 +111,7 @@ def test_an_out_of_memory_mid_training_restarts_from_the_initial_adapter(tmp_pat
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(harness.train, "_optimizer_step", out_of_memory_at_step_4)
-    retried = run_trial(spec, tmp_path / "retried", device="cpu", wandb_mode="disabled")
+    retried = run_trial(spec, tmp_path / "retried", device="cpu", wandb=NO_WANDB)
     assert clean.ok and retried.ok, (clean.train.reason, retried.train.reason)
     assert retried.train.retries == ["oom: micro_batch 8 -> 4, grad_accum 1 -> 2"]
     assert [s for s, _ in retried.train.loss_curve] == list(range(1, 7))
@@ -161,7 +163,7 @@ def _all_released(refs) -> bool:
 def test_adapters_held_out_loss_and_reports(tmp_path, model_refs):
     spec = _small(keep_checkpoints=2, checkpoint_every=1, eval_every=1)
     reports = []
-    record = run_trial(spec, tmp_path, device="cpu", wandb_mode="disabled", reporter=reports.append,
+    record = run_trial(spec, tmp_path, device="cpu", wandb=NO_WANDB, reporter=reports.append,
                        meta={"ray_node_id": "n1"})
     assert record.ok, record.train.reason
     adapters = tmp_path / "adapters" / spec.trial_id
@@ -182,17 +184,17 @@ def test_adapters_held_out_loss_and_reports(tmp_path, model_refs):
     assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == [spec.trial_id]  # no staging left
 
     none = _small(keep_checkpoints=0)
-    assert run_trial(none, tmp_path / "b", device="cpu", wandb_mode="disabled").ok
+    assert run_trial(none, tmp_path / "b", device="cpu", wandb=NO_WANDB).ok
     assert not (tmp_path / "b" / "adapters" / none.trial_id).exists()
 
 
 def test_a_failed_rerun_keeps_the_adapter_of_the_kept_success(tmp_path, monkeypatch):
     spec = _small()
-    first = run_trial(spec, tmp_path, device="cpu", wandb_mode="disabled")
+    first = run_trial(spec, tmp_path, device="cpu", wandb=NO_WANDB)
     adapter = tmp_path / first.meta["adapter"] / "adapter_model.safetensors"
     before = adapter.read_bytes()
     monkeypatch.setenv("HARNESS_FAULTS", f"raise:{spec.trial_id}")
-    again = run_trial(spec, tmp_path, device="cpu", wandb_mode="disabled")
+    again = run_trial(spec, tmp_path, device="cpu", wandb=NO_WANDB)
     assert first.ok and not again.ok
     kept = read_record(tmp_path / "trials" / f"{spec.trial_id}.json")
     assert kept.ok and (tmp_path / kept.meta["adapter"] / "adapter_model.safetensors").read_bytes() == before
@@ -203,7 +205,7 @@ def test_out_of_memory_at_micro_batch_1_retries_with_activation_checkpointing(tm
 
     spec = _small(micro_batch=1, grad_accum=4)
     monkeypatch.setenv("HARNESS_FAULTS", f"oom:{spec.trial_id}")
-    record = run_trial(spec, tmp_path, device="cpu", wandb_mode="disabled")
+    record = run_trial(spec, tmp_path, device="cpu", wandb=NO_WANDB)
     assert record.ok, record.train.reason
     assert record.train.retries == ["oom: activation checkpointing on"]
     assert record.train.layout == {"micro_batch": 1, "grad_accum": 4, "grad_checkpointing": True,
@@ -220,7 +222,7 @@ def test_out_of_memory_at_micro_batch_1_retries_with_activation_checkpointing(tm
 def test_nan_fault_is_a_real_nan_loss(tmp_path, monkeypatch, model_refs):
     spec = _small()
     monkeypatch.setenv("HARNESS_FAULTS", f"nan:{spec.trial_id}")
-    record = run_trial(spec, tmp_path, device="cpu", wandb_mode="disabled")
+    record = run_trial(spec, tmp_path, device="cpu", wandb=NO_WANDB)
     assert record.train.status is TrialStatus.FAILED
     assert record.train.reason.startswith("NonFiniteLossError: loss became nan at step 1")
     assert _all_released(model_refs), "a failed trial's traceback kept its model alive"
@@ -235,7 +237,7 @@ def test_gpu_memory_returns_to_baseline_between_trials(tmp_path):
     raw = json.loads(json.dumps(SMALL))
     raw["grid"]["seed"] = [0, 1]
     for spec in expand_trials(validate_sweep(raw)):  # two trials in one process, as on a reused worker
-        assert run_trial(spec, tmp_path, device="cuda", wandb_mode="disabled").ok
+        assert run_trial(spec, tmp_path, device="cuda", wandb=NO_WANDB).ok
         assert torch.cuda.memory_allocated() - baseline < 4 * 2**20  # bytes: nothing of the model left
 
 
@@ -250,7 +252,7 @@ def test_interrupted_trial_writes_no_record(tmp_path):
         raise _Stopped()
 
     with pytest.raises(_Stopped):
-        run_trial(spec, tmp_path, device="cpu", wandb_mode="disabled", reporter=reporter)
+        run_trial(spec, tmp_path, device="cpu", wandb=NO_WANDB, reporter=reporter)
     assert not (tmp_path / "trials" / f"{spec.trial_id}.json").exists()
 
 
@@ -281,8 +283,8 @@ def test_a_two_rank_trial_learns_what_a_one_process_trial_learns(tmp_path, famil
     raw["train"].update(steps=3, micro_batch=micro_batch, grad_accum=2, log_every=1, packing=packing)
     raw["grid"].update(capacity=[{"family": family}], domains={"sets": [["concept", "reasoning"]]})
     spec = expand_trials(validate_sweep(raw))[0]
-    one = run_trial(spec, tmp_path / "one", device="cpu", wandb_mode="disabled")
-    two = run_trial(spec, tmp_path / "two", device="cpu", wandb_mode="disabled", ranks=2)
+    one = run_trial(spec, tmp_path / "one", device="cpu", wandb=NO_WANDB)
+    two = run_trial(spec, tmp_path / "two", device="cpu", wandb=NO_WANDB, ranks=2)
     assert one.ok and two.ok, (one.train.reason, two.train.reason)
     assert two.meta["ranks"] == 2 and "ranks" not in one.meta
     assert two.train.tokens == one.train.tokens
