@@ -159,9 +159,6 @@ class DistContext:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
-    def all_reduce_mean(self, value: float) -> float:
-        return self.all_reduce_sum([value])[0] / self.world
-
     def reduce_step(self, loss: float, tokens: int, supervised: int) -> tuple[float, int, int]:
         """One step's logged numbers for the whole run: the loss averaged over ranks (each rank's
         is already weighted, so this is the global token mean), token counts summed. Every rank

@@ -230,12 +230,3 @@ def auto_micro_batch(model: Any, sample_batch_fn: Callable[[int], dict[str, Any]
                  tokens_per_sample)
     return pick_micro_batch(model, sample_batch_fn, effective_batch, device, max_micro_batch, loss_fn=loss_fn,
                             start=start, budget_bytes=budget_bytes)
-
-
-def format_plan(micro_batch: int, grad_accum: int, mem: MemoryModel | None = None,
-                tokens_per_sample: float | None = None) -> str:
-    """One line for logs: '8 x 4 accumulation steps (estimate 37.2 GiB)'."""
-    text = f"micro-batch {micro_batch} x {grad_accum} accumulation step{'s' if grad_accum > 1 else ''}"
-    if mem is not None and tokens_per_sample:
-        text += f" (estimate {mem.bytes_for(micro_batch, tokens_per_sample) / GIB:.1f} GiB)"
-    return text

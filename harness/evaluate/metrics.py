@@ -233,7 +233,6 @@ class Metric:
     task_type: str  # the task type whose parsed predictions it scores
     aggregation: Aggregation  # "mean" of per-sample floats, or "pooled-f1" over NerCounts
     score_samples: Callable[[Sequence[Any], Sequence[Any]], list[Any]]  # (predictions, truths)
-    higher_is_better: bool = True
 
     def aggregate(self, values: Sequence[Any]) -> float:
         """The task score from per-sample values (floats, or NerCounts for pooled-f1)."""

@@ -25,7 +25,6 @@ def test_registry_matches_the_schema():
     assert set(METRICS) == set(SCHEMA_METRICS)
     for metric in METRICS.values():
         assert metric.name in TASK_TYPES[metric.task_type]
-        assert metric.higher_is_better
         assert metric.aggregation == ("pooled-f1" if metric.name == "micro f1" else "mean")
 
 
