@@ -50,12 +50,14 @@ def plan(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
          capacity: str = typer.Option("lora_rank", help="With --pilot: the capacity factor (log2).")):
     """Expand a sweep into trials and validate it, without running anything."""
     from harness.planning import format_count, plan_summary
-    from harness.sweep import planned_trials
+    from harness.sweep import planned_trials, unplanned_note, unplanned_records
 
     spec = _load(sweep_file, set_)
     trials = planned_trials(spec)
     summary = plan_summary(spec, trials)
     power = _plan_power(spec, trials, pilot, effect, diversity, capacity)
+    summary["unplanned_records"] = len(unplanned_records(spec.results_dir, trials))
+    note = unplanned_note(summary["unplanned_records"], spec.results_dir)
     if as_json:
         typer.echo(json.dumps({"trials": [{"trial_id": t.trial_id, "cell_id": t.cell_id,
                                            "kind": t.kind, "factors": t.factors} for t in trials],
@@ -81,6 +83,8 @@ def plan(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
                    f"{summary['gpu_hours']} GPU-h")
     for warning in summary["warnings"]:
         typer.echo(f"warning: {warning}")
+    if note:
+        typer.echo(f"note: {note}")
     if power is not None:
         from harness.analysis.power import format_plan
 
@@ -134,12 +138,14 @@ def sweep(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
           address: Optional[str] = typer.Option(None, help="Ray cluster: 'auto' or ray://host:port."),
           num_cpus: Optional[int] = typer.Option(None, help="CPUs for a local Ray (default: all).")):
     """Run every trial of a sweep on Ray Tune, then write scores.parquet."""
-    from harness.sweep import run_sweep
+    from harness.sweep import run_sweep, unplanned_note
 
     spec = _load(sweep_file, set_)
     outcome = run_sweep(spec, address=address, resume=resume, num_cpus=num_cpus)
     typer.echo(f"\nsweep {spec.name}: ran {outcome.ran}, already done {outcome.skipped}, "
                f"failed {len(outcome.failed)}, stopped early {len(outcome.cancelled)}")
+    if outcome.unplanned:
+        typer.echo("note: " + unplanned_note(outcome.unplanned, outcome.results_dir))
     typer.echo(f"records: {outcome.results_dir}/trials/   table: {outcome.results_dir}/scores.parquet")
     typer.echo(f"next: harness analyze {outcome.results_dir}")
 

@@ -57,6 +57,7 @@ class SweepOutcome:
     skipped: int
     failed: list[str]
     cancelled: list[str] = field(default_factory=list)  # stopped early (ASHA)
+    unplanned: int = 0  # records in the results folder that match no planned trial (unplanned_note says why)
 
 
 def planned_trials(spec: SweepSpec) -> list[TrialSpec]:
@@ -84,6 +85,24 @@ def report_unreadable(problems: list[str], todo: list[TrialSpec] | None = None) 
         stem = Path(problem.split(": ", 1)[0]).stem
         tail = f"; trial {stem} runs again" if stem in again else ""
         log.warning("skipped unreadable record %s%s", problem, tail)
+
+
+def unplanned_records(results_dir: Path, trials: list[TrialSpec]) -> list[str]:
+    """Trial ids of the records in results_dir that no planned trial has (empty when there are none)."""
+    planned = {t.trial_id for t in trials}
+    records, _ = load_records(results_dir)
+    return sorted({r.run.trial_id for r in records} - planned)
+
+
+def unplanned_note(count: int, results_dir: Path) -> str | None:
+    """Why records can stop matching the plan, for `plan` and `sweep --resume` to say aloud."""
+    if not count:
+        return None
+    return (f"{count} record(s) in {results_dir} match no planned trial: the sweep's design or data changed "
+            "since they ran. A trial id hashes everything that shapes the trial, its data included: a "
+            "subtask added to a domain gives every cell that trains on that domain new ids, and a new data "
+            "source, base model or training setting changes them all. Those records are kept but do not "
+            "count as done: their cells run again under the new ids.")
 
 
 def write_resolved_spec(spec: SweepSpec, results_dir: Path) -> None:
@@ -370,6 +389,9 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
                          "to run only the missing ones, or choose another output_dir")
     write_resolved_spec(spec, results_dir)
     trials = planned_trials(spec)
+    unplanned = len(unplanned_records(results_dir, trials))
+    if unplanned:
+        log.warning(unplanned_note(unplanned, results_dir))
     todo = [t for t in trials if t.trial_id not in done]
     report_unreadable(unreadable, todo)
     ran = 0
@@ -382,7 +404,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     write_scores_table(results_dir)
     records, _ = load_records(results_dir)
     status = {r.run.trial_id: r.train.status for r in records}
-    return SweepOutcome(results_dir, ran=ran, skipped=len(trials) - len(todo),
+    return SweepOutcome(results_dir, ran=ran, skipped=len(trials) - len(todo), unplanned=unplanned,
                         failed=[t for t, s in status.items() if s is TrialStatus.FAILED],
                         cancelled=[t for t, s in status.items() if s is TrialStatus.CANCELLED])
 
