@@ -45,14 +45,14 @@ def load_model(args: argparse.Namespace):
     from harness.model import load_base_model
     from harness.capacity.adapters import attach
     from harness.config import AdapterSpec
-    from harness.train import train_lora
+    from harness.train import train_adapter
 
     tokenizer, tiny, _ = load_base_model("builtin:tiny")
     spec = TrainSpec(steps=max(args.lora_steps, 1), lr=3e-3, warmup_steps=2, micro_batch=16)
     if args.model_shape is None:
         model = attach(tiny, AdapterSpec(rank=args.lora_rank, alpha=2 * args.lora_rank)).model
         if args.lora_steps:
-            train_lora(model, tokenizer, _train_rows(), spec, seed=0, fmt=FMT, device="cpu")
+            train_adapter(model, tokenizer, _train_rows(), spec, seed=0, fmt=FMT, device="cpu")
         desc = f"builtin:tiny + LoRA r{args.lora_rank} ({args.lora_steps} steps)"
     else:
         base = random_model(args.model_shape, tokenizer, args.device)

@@ -2,7 +2,7 @@
 more than one GPU's worth of throughput.
 
     with launch_ranks(2, entry="harness.trial:train_rank", payload={...}, device="cuda") as dist:
-        result = train_lora(model, ..., dist=dist)      # this process is rank 0
+        result = train_adapter(model, ..., dist=dist)      # this process is rank 0
     # here the helpers have exited and the process group is gone; a failure on any rank was raised
 
 The calling process is rank 0: it is the Ray trial, so it alone reports to Tune, logs to W&B,

@@ -217,7 +217,7 @@ def as_adapted(model: Any) -> AdaptedModel:
     return model if isinstance(model, AdaptedModel) else AdaptedModel(model)
 
 
-def train_lora(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: TrainSpec, *,
+def train_adapter(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: TrainSpec, *,
                seed: int, fmt: PromptFormat, device: str, on_log: LogFn | None = None,
                dist: DistContext | None = None) -> TrainResult:
     """Fine-tune the adapters of `model` (an AdaptedModel from harness.capacity, or a peft model) in

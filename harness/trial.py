@@ -268,12 +268,12 @@ def train_rank(payload: dict[str, Any], dist) -> None:
     """A helper rank of a data-parallel trial (harness.distributed): the same data, base model and
     adapter as rank 0, trained in lockstep; it saves, evaluates and records nothing."""
     from harness.capacity.adapters import attach
-    from harness.train import train_lora
+    from harness.train import train_adapter
 
     spec = TrialSpec.model_validate(payload["spec"])
     eval_sets, tokenizer, model, info, fmt = _trial_inputs(spec, dist.device)
     mixture = _training_mixture(spec, eval_sets, info.revision, payload["results_dir"])
-    train_lora(attach(model, spec.capacity), tokenizer, mixture.rows, spec.train, seed=spec.seed, fmt=fmt,
+    train_adapter(attach(model, spec.capacity), tokenizer, mixture.rows, spec.train, seed=spec.seed, fmt=fmt,
                device=dist.device, dist=dist)
 
 
@@ -287,7 +287,7 @@ def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, 
     import torch
 
     from harness.capacity.adapters import attach
-    from harness.train import train_lora
+    from harness.train import train_adapter
 
     model = attach(model, spec.capacity)
     progress.start(model)
@@ -300,7 +300,7 @@ def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, 
             inject_fault(spec, "raise")
             if not retries:
                 inject_fault(spec, "oom")
-            result = train_lora(model, tokenizer, rows, train_spec, seed=spec.seed, fmt=fmt,
+            result = train_adapter(model, tokenizer, rows, train_spec, seed=spec.seed, fmt=fmt,
                                 device=device, on_log=progress, dist=dist)
             return model, result, retries
         except torch.OutOfMemoryError as exc:
@@ -351,7 +351,7 @@ def validation_rows(spec: TrialSpec) -> list[dict[str, Any]]:
 @dataclass
 class Progress:
     """What happens at each loss report: W&B, the held-out loss, the reporter (Ray Tune), and
-    intermediate adapters. Called by train_lora as on_log(step, loss)."""
+    intermediate adapters. Called by train_adapter as on_log(step, loss)."""
 
     spec: TrialSpec
     tokenizer: Any

@@ -11,7 +11,7 @@ from harness.model import load_base_model
 from harness.tasks import synthetic
 from harness.errors import InputError
 from harness.train import (IGNORE_INDEX, Example, collate, collate_packed, encode_example, pack_rows,
-                           packed_row_length, train_lora)
+                           packed_row_length, train_adapter)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_packed_training_learns_the_same_whatever_the_rows_and_kernel(rows):
         tokenizer, model, _ = load_base_model("builtin:tiny")
         torch.manual_seed(0)  # the adapter's initialisation
         model = attach(model, AdapterSpec(rank=4, alpha=8.0)).model
-        result = train_lora(model, tokenizer, rows * 4, TrainSpec(steps=6, lr=5e-3, micro_batch=8, warmup_steps=1,
+        result = train_adapter(model, tokenizer, rows * 4, TrainSpec(steps=6, lr=5e-3, micro_batch=8, warmup_steps=1,
                             log_every=1, packing=True, **layout), seed=0, fmt="raw", device="cpu")
         assert model.config._attn_implementation == "sdpa"  # the training kernel is put back
         return result
@@ -182,7 +182,7 @@ def test_an_attention_kernel_that_cannot_train_here_is_named(tiny, rows, attenti
     _, model, _ = load_base_model("builtin:tiny")
     model = attach(model, AdapterSpec(rank=4, alpha=8.0)).model
     with pytest.raises(InputError, match=message):
-        train_lora(model, tokenizer, rows, TrainSpec(steps=1, attention=attention), seed=0, fmt="raw", device="cpu")
+        train_adapter(model, tokenizer, rows, TrainSpec(steps=1, attention=attention), seed=0, fmt="raw", device="cpu")
     assert model.config._attn_implementation == "sdpa"
 
 
@@ -191,7 +191,7 @@ def test_lora_training_lowers_the_loss_and_only_trains_the_adapter(rows):
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     model = attach(model, AdapterSpec(rank=4, alpha=8.0)).model
     train_rows = synthetic.generate_rows("attribute_infer", "train", 64)
-    result = train_lora(model, tokenizer, train_rows, TrainSpec(steps=30, lr=5e-3, micro_batch=16,
+    result = train_adapter(model, tokenizer, train_rows, TrainSpec(steps=30, lr=5e-3, micro_batch=16,
                         log_every=5, warmup_steps=2), seed=0, fmt="raw", device="cpu")
     first, last = result.loss_curve[0][1], result.loss_curve[-1][1]
     assert last < first * 0.8, result.loss_curve
@@ -207,7 +207,7 @@ def _curve(family: str, **train) -> list[float]:
     adapted = attach(model, AdapterSpec(family=family, rank=4, alpha=8.0, **extra))
     rows = synthetic.generate_rows("attribute_infer", "train", 24)
     spec = TrainSpec(steps=4, lr=5e-3, micro_batch=8, log_every=1, warmup_steps=1, **train)
-    return [loss for _, loss in train_lora(adapted, tokenizer, rows, spec, seed=0, fmt="raw",
+    return [loss for _, loss in train_adapter(adapted, tokenizer, rows, spec, seed=0, fmt="raw",
                                            device="cpu").loss_curve]
 
 
@@ -238,7 +238,7 @@ def test_splitting_a_step_into_micro_batches_does_not_change_training():
         adapted = attach(model, AdapterSpec(rank=4, alpha=8.0))
         rows = synthetic.generate_rows("query_ner", "train", 20) + synthetic.generate_rows("attribute_infer", "train", 20)
         spec = TrainSpec(steps=4, lr=5e-3, micro_batch=micro, grad_accum=accum, log_every=1, warmup_steps=1)
-        result = train_lora(adapted, tokenizer, rows, spec, seed=0, fmt="raw", device="cpu")
+        result = train_adapter(adapted, tokenizer, rows, spec, seed=0, fmt="raw", device="cpu")
         return result, {n: p.detach().clone() for n, p in adapted.model.named_parameters() if p.requires_grad}
 
     (whole, w1), (split, w2) = run(20, 1), run(5, 4)

@@ -10,7 +10,7 @@ from harness.capacity.adapters import attach, load_adapted, read_spec
 from harness.config import AdapterSpec, TrainSpec
 from harness.model import load_base_model
 from harness.tasks import synthetic
-from harness.train import train_lora
+from harness.train import train_adapter
 
 GROUPS = dict(groups={"concept": ["concept"], "reasoning": ["reasoning"]}, group_by="domain")
 SPECS = {
@@ -33,7 +33,7 @@ def trained(rows, tmp_path_factory):
     for family, spec in SPECS.items():
         tokenizer, base, _ = load_base_model("builtin:tiny")
         adapted = attach(base, spec)
-        train_lora(adapted, tokenizer, rows, TrainSpec(steps=6, lr=1e-2, micro_batch=8, warmup_steps=1,
+        train_adapter(adapted, tokenizer, rows, TrainSpec(steps=6, lr=1e-2, micro_batch=8, warmup_steps=1,
                                                        log_every=3), seed=0, fmt="raw", device="cpu")
         path = tmp_path_factory.mktemp(family)
         out[family] = (tokenizer, adapted, path, adapted.save(path))

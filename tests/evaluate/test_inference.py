@@ -192,13 +192,13 @@ def test_mc_logits_agrees_with_generation_after_lora_training(tiny):
     from harness.tasks import registry, synthetic
     from harness.capacity.adapters import attach
     from harness.config import AdapterSpec
-    from harness.train import train_lora
+    from harness.train import train_adapter
 
     tok, base = tiny
     spec = TrainSpec(steps=30, lr=3e-3, warmup_steps=2, micro_batch=16)
     train = [r for s in registry.all_subtasks() for r in synthetic.generate_rows(s.id, "train", 16, seed=0)]
     model = attach(copy.deepcopy(base), AdapterSpec(rank=8, alpha=16)).model
-    train_lora(model, tok, train, spec, seed=0, fmt="raw", device="cpu")
+    train_adapter(model, tok, train, spec, seed=0, fmt="raw", device="cpu")
     rows = _mc(build_eval_sets(EvalSpec(per_subtask=6))["synthetic-heldout"])
     generated = generate_responses(model, tok, rows, fmt="raw", batch_size=16, device="cpu")
     fast = generate_responses(model, tok, rows, fmt="raw", batch_size=16, device="cpu", mc_logits=True)
