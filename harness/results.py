@@ -76,7 +76,7 @@ class TrainInfo(_Model):
     layout: dict[str, Any] = Field(default_factory=dict)
 
 
-class TaskScore(_Model):
+class TaskResult(_Model):
     score: float
     metric: str
     n: int
@@ -86,7 +86,7 @@ class TaskScore(_Model):
 
 
 class EvalResult(_Model):
-    tasks: dict[str, TaskScore] = Field(default_factory=dict)
+    tasks: dict[str, TaskResult] = Field(default_factory=dict)
     tracks: dict[str, float] = Field(default_factory=dict)
     overall: float | None = None  # mean of track scores (ShopBench "Track 5")
     pooled: float | None = None  # mean over all tasks

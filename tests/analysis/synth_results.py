@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.results import (EvalResult, RunInfo, TaskScore, TrainInfo, TrialRecord, TrialStatus,
+from harness.results import (EvalResult, RunInfo, TaskResult, TrainInfo, TrialRecord, TrialStatus,
                              atomic_write_text, write_record)
 
 DOMAINS = ("behavior", "concept", "reasoning", "multilingual")
@@ -51,7 +51,7 @@ def _eval(score: float) -> dict[str, EvalResult]:
     for domain, track in TRACKS.items():
         tracks[track] = score + TRACK_OFFSETS[track]
         for k, delta in ((1, 0.01), (2, -0.01)):
-            tasks[f"{domain}_task{k}"] = TaskScore(score=tracks[track] + delta, metric="accuracy",
+            tasks[f"{domain}_task{k}"] = TaskResult(score=tracks[track] + delta, metric="accuracy",
                                                    n=50, track=track)
     overall = sum(tracks.values()) / len(tracks)
     return {EVAL_SET: EvalResult(tasks=tasks, tracks=tracks, overall=overall,
