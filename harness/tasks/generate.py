@@ -56,7 +56,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from harness.errors import HarnessError, InputError, MissingDependencyError, did_you_mean, unknown_name_message
 from harness.strict_model import StrictModel
 from harness.tasks import prompts
-from harness.tasks.schema import METRICS, TASK_TYPES, row_problems
+from harness.tasks.schema import METRIC_NAMES, TASK_TYPES, row_problems
 from harness.tasks.sources import check_domain, check_subtask_name, track_of
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class GenerationSpec(StrictModel):
     @model_validator(mode="after")
     def _metric_fits(self) -> "GenerationSpec":
         if self.metric is not None and self.metric not in TASK_TYPES[self.task_type]:
-            known = f"; known metrics: {', '.join(sorted(METRICS))}" if self.metric not in METRICS else ""
+            known = f"; known metrics: {', '.join(sorted(METRIC_NAMES))}" if self.metric not in METRIC_NAMES else ""
             raise ValueError(f"metric: {self.metric!r} does not apply to task_type {self.task_type!r} "
                              f"(use one of {', '.join(TASK_TYPES[self.task_type])}){known}")
         return self

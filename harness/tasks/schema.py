@@ -23,7 +23,7 @@ TASK_TYPES: dict[str, tuple[str, ...]] = {
     "generation": ("rougel", "sent-transformer", "multilingual-sent-transformer", "bleu", "jp-bleu"),
 }
 
-METRICS: frozenset[str] = frozenset(m for ms in TASK_TYPES.values() for m in ms)
+METRIC_NAMES: frozenset[str] = frozenset(m for ms in TASK_TYPES.values() for m in ms)
 
 REQUIRED_FIELDS = ("input_field", "output_field", "task_type", "metric")
 
@@ -126,10 +126,10 @@ def row_problems(row: Any) -> list[str]:
 
         problems.append(unknown_name_message("task_type", str(task_type), TASK_TYPES))
         return problems
-    if metric not in METRICS:
+    if metric not in METRIC_NAMES:
         from harness.errors import unknown_name_message
 
-        problems.append(unknown_name_message("metric", str(metric), METRICS))
+        problems.append(unknown_name_message("metric", str(metric), METRIC_NAMES))
     elif metric not in TASK_TYPES[task_type]:
         problems.append(f"metric {metric!r} does not apply to task_type {task_type!r} "
                         f"(use one of {', '.join(TASK_TYPES[task_type])})")

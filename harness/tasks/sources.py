@@ -45,7 +45,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from harness.errors import InputError, MissingDependencyError, did_you_mean, unknown_name_message
 from harness.strict_model import StrictModel
 from harness.tasks.prompts import format_mc_prompt
-from harness.tasks.schema import METRICS, TASK_TYPES, normalise_row, row_problems
+from harness.tasks.schema import METRIC_NAMES, TASK_TYPES, normalise_row, row_problems
 
 READER_VERSION = 1  # bump when a reader's output changes for the same input, so fingerprints change
 HUB_PROBE_TIMEOUT_S = 3.0  # seconds to wait for a TCP connection to the hub before calling it offline
@@ -134,8 +134,8 @@ class SourceSpec(StrictModel):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str | None) -> str | None:
-        if value is not None and value not in METRICS:
-            raise ValueError(unknown_name_message("metric", value, METRICS))
+        if value is not None and value not in METRIC_NAMES:
+            raise ValueError(unknown_name_message("metric", value, METRIC_NAMES))
         return value
 
     @model_validator(mode="after")

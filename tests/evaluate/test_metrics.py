@@ -13,7 +13,7 @@ from harness.errors import InputError, MissingDependencyError
 from harness.evaluate import metrics
 from harness.evaluate.metrics import (METRICS, NerCounts, accuracy, bleu, get_metric, hit_rate_at_3,
                                       micro_f1, ndcg, ner_counts, rouge_l, sentence_similarity)
-from harness.tasks.schema import METRICS as SCHEMA_METRICS
+from harness.tasks.schema import METRIC_NAMES
 from harness.tasks.schema import TASK_TYPES
 
 L3 = math.log2(3)  # the discount at rank 2
@@ -22,7 +22,7 @@ L3 = math.log2(3)  # the discount at rank 2
 # ---- registry -----------------------------------------------------------------------------------
 
 def test_registry_matches_the_schema():
-    assert set(METRICS) == set(SCHEMA_METRICS)
+    assert set(METRICS) == set(METRIC_NAMES)
     for metric in METRICS.values():
         assert metric.name in TASK_TYPES[metric.task_type]
         assert metric.aggregation == ("pooled-f1" if metric.name == "micro f1" else "mean")
