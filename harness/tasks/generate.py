@@ -4,7 +4,7 @@
                           seed_path="seeds/spa.json", n_rows=500, style="delimited", backend="openai",
                           model="Qwen2.5-7B-Instruct", base_url="http://localhost:8000/v1",
                           out_path="data/generated/ec_spa_gen.jsonl")
-    report = generate_rows(spec)      # GenerationReport: accepted, rejected_by_reason, requests_made, path
+    report = run_generation(spec)      # GenerationReport: accepted, rejected_by_reason, requests_made, path
     print(report.summary())
 
     generate_main("gen.yaml", ["n_rows=800"])   # what `harness data generate gen.yaml --set n_rows=800` runs
@@ -688,7 +688,7 @@ def _request_messages(spec: GenerationSpec, seeds: list[dict[str, Any]], request
     return prompts.build_messages(spec.style, task, shown, spec.examples_per_request)
 
 
-def generate_rows(spec: GenerationSpec, *, backend: Backend | None = None) -> GenerationReport:
+def run_generation(spec: GenerationSpec, *, backend: Backend | None = None) -> GenerationReport:
     """Generate until out_path holds n_rows accepted rows (or max_requests are spent); resumable."""
     out = Path(spec.out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -784,6 +784,6 @@ def load_generation_spec(path: str | Path, overrides: Sequence[str] = ()) -> Gen
 
 def generate_main(spec_path: str | Path, overrides: Sequence[str] = (), *, as_json: bool = False) -> int:
     """`harness data generate SPEC [--set k=v ...] [--json]`: 0 when out_path holds n_rows rows, else 1."""
-    report = generate_rows(load_generation_spec(spec_path, overrides))
+    report = run_generation(load_generation_spec(spec_path, overrides))
     print(json.dumps(report.to_dict(), indent=1) if as_json else report.summary())
     return 0 if report.complete else 1

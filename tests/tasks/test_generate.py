@@ -21,7 +21,7 @@ from openai_stub_server import StubLLM  # noqa: E402
 from harness.errors import InputError  # noqa: E402
 from harness.tasks import prompts  # noqa: E402
 from harness.tasks.generate import (REJECT_REASONS, GenerationError, GenerationSpec, NearDupIndex,  # noqa: E402
-                                    char_ngrams, generate_main, generate_rows, jaccard, normalise)
+                                    char_ngrams, generate_main, run_generation, jaccard, normalise)
 from harness.tasks.prompts import format_mc_prompt  # noqa: E402
 
 SECRET = "sk-test-DO-NOT-LEAK-7f3a9c"
@@ -136,7 +136,7 @@ def test_acceptance_by_reason_retries_and_resume(tmp_path, seed_file, style, exp
     out = tmp_path / f"{style}.jsonl"
     with StubLLM(script, FAILURES) as llm:
         spec = make_spec(seed_file, out, llm.base_url, style=style)
-        report = generate_rows(spec)
+        report = run_generation(spec)
         assert report.accepted == 6 and report.complete
         assert report.rejected_by_reason == expected
         assert report.requests_made == requests
@@ -146,7 +146,7 @@ def test_acceptance_by_reason_retries_and_resume(tmp_path, seed_file, style, exp
         assert report.acceptance_rate == pytest.approx(6 / (6 + sum(expected.values())))
         hits = llm.hits
 
-        again = generate_rows(spec)  # same out_path, target already met
+        again = run_generation(spec)  # same out_path, target already met
         assert llm.hits == hits and again.requests_made == 0 and again.http_attempts == 0
         assert again.accepted == 6 and again.rejected_by_reason == expected
 
@@ -162,7 +162,7 @@ def test_acceptance_by_reason_retries_and_resume(tmp_path, seed_file, style, exp
 
 def test_requests_carry_the_protocol_fields(tmp_path, seed_file):
     with StubLLM(script) as llm:
-        generate_rows(make_spec(seed_file, tmp_path / "o.jsonl", llm.base_url, n_rows=3, concurrency=1))
+        run_generation(make_spec(seed_file, tmp_path / "o.jsonl", llm.base_url, n_rows=3, concurrency=1))
         body = llm.bodies[0]
     assert (body["model"], body["temperature"], body["max_tokens"], body["seed"]) == ("stub-model", 0.7, 512, 0)
     assert "n" not in body
@@ -174,9 +174,9 @@ def test_requests_carry_the_protocol_fields(tmp_path, seed_file):
 def test_raising_the_target_resumes_where_it_stopped(tmp_path, seed_file):
     out = tmp_path / "grow.jsonl"
     with StubLLM(script, FAILURES) as llm:
-        generate_rows(make_spec(seed_file, out, llm.base_url))
+        run_generation(make_spec(seed_file, out, llm.base_url))
         first = llm.requested()
-        report = generate_rows(make_spec(seed_file, out, llm.base_url, n_rows=9))
+        report = run_generation(make_spec(seed_file, out, llm.base_url, n_rows=9))
         assert sorted(first) == [0, 1, 2, 3, 4]
         assert llm.requested()[len(first):] == [5]  # only the new request index
     assert report.accepted == 9 and report.requests_made == 1 and report.requests_total == 6
@@ -186,10 +186,10 @@ def test_an_interrupted_run_resumes_without_repeating_requests(tmp_path, seed_fi
     out = tmp_path / "interrupted.jsonl"
     with StubLLM(script, {2: [503, 503, 503]}) as llm:
         with pytest.raises(GenerationError, match="gave up after 2 attempts.*resume"):
-            generate_rows(make_spec(seed_file, out, llm.base_url, max_retries=1))
+            run_generation(make_spec(seed_file, out, llm.base_url, max_retries=1))
     assert len(out.read_text().splitlines()) == 4  # A, B, C, D from requests 0 and 1 are kept
     with StubLLM(script) as llm:  # the endpoint is back (at a new port: base_url is not part of identity)
-        report = generate_rows(make_spec(seed_file, out, llm.base_url, max_retries=1))
+        report = run_generation(make_spec(seed_file, out, llm.base_url, max_retries=1))
         assert sorted(llm.requested()) == [2, 3, 4]
     assert report.accepted == 6
     assert report.rejected_by_reason == reasons(unparseable=1, missing_fields=1, wrong_output_type=2,
@@ -199,9 +199,9 @@ def test_an_interrupted_run_resumes_without_repeating_requests(tmp_path, seed_fi
 def test_changed_settings_on_the_same_out_path_are_refused(tmp_path, seed_file):
     out = tmp_path / "o.jsonl"
     with StubLLM(script) as llm:
-        generate_rows(make_spec(seed_file, out, llm.base_url, n_rows=3))
+        run_generation(make_spec(seed_file, out, llm.base_url, n_rows=3))
         with pytest.raises(InputError, match=r"different settings \(style\)"):
-            generate_rows(make_spec(seed_file, out, llm.base_url, n_rows=3, style="plain"))
+            run_generation(make_spec(seed_file, out, llm.base_url, n_rows=3, style="plain"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +216,7 @@ def test_api_key_is_sent_but_never_logged_or_written(tmp_path, seed_file, monkey
         monkeypatch.setenv("HARNESS_LLM_MODEL", "stub-model")
         monkeypatch.setenv("HARNESS_LLM_API_KEY", SECRET)
         spec = make_spec(seed_file, out, None, model=None)
-        report = generate_rows(spec)
+        report = run_generation(spec)
         print(report.summary())
         assert set(llm.auth) == {f"Bearer {SECRET}"}
     assert report.accepted == 6
@@ -233,13 +233,13 @@ def test_key_from_the_spec_or_openai_env_and_redacted_errors(tmp_path, seed_file
     monkeypatch.delenv("HARNESS_LLM_API_KEY", raising=False)
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     with StubLLM(script) as llm:
-        generate_rows(make_spec(seed_file, tmp_path / "a.jsonl", llm.base_url, n_rows=3))
+        run_generation(make_spec(seed_file, tmp_path / "a.jsonl", llm.base_url, n_rows=3))
         assert llm.auth == [f"Bearer {SECRET}"]
     echo = json.dumps({"error": {"message": f"Incorrect API key provided: {SECRET}"}})
     with StubLLM(script, {0: [401]}, error_body=echo) as llm:
         spec = make_spec(seed_file, tmp_path / "b.jsonl", llm.base_url, n_rows=3, api_key="sk-other-key")
         with pytest.raises(InputError) as err:
-            generate_rows(spec)
+            run_generation(spec)
         assert llm.auth == ["Bearer sk-other-key"]  # the spec's key wins over the environment
     assert "HTTP 401" in str(err.value) and "API key" in str(err.value)
     assert "sk-other-key" not in str(err.value) and "sk-other-key" not in repr(spec)
@@ -249,7 +249,7 @@ def test_missing_endpoint_settings_name_field_and_variable(tmp_path, seed_file, 
     monkeypatch.delenv("HARNESS_LLM_BASE_URL", raising=False)
     monkeypatch.delenv("HARNESS_LLM_MODEL", raising=False)
     with pytest.raises(InputError, match=r"base_url: not set.*HARNESS_LLM_BASE_URL") as err:
-        generate_rows(make_spec(seed_file, tmp_path / "o.jsonl", None, model=None))
+        run_generation(make_spec(seed_file, tmp_path / "o.jsonl", None, model=None))
     assert "HARNESS_LLM_MODEL" in str(err.value)
 
 
@@ -270,7 +270,7 @@ class ScriptedBackend:
 def test_a_useless_model_stops_at_max_requests(tmp_path, seed_file):
     backend = ScriptedBackend(lambda seed: "I don't know.")
     spec = make_spec(seed_file, tmp_path / "o.jsonl", "http://unused", n_rows=2, examples_per_request=1)
-    report = generate_rows(spec, backend=backend)
+    report = run_generation(spec, backend=backend)
     assert not report.complete and report.requests_made == 4 * 2 + 8 == len(backend.calls)
     assert report.rejected_by_reason["unparseable"] == 16
 
@@ -286,7 +286,7 @@ def test_n_completions_per_request_and_ner_rows(tmp_path):
     spec = GenerationSpec(subtask="gen_ner", task_type="named_entity_recognition", domain="concept",
                           seed_path=str(seeds), n_rows=1, out_path=str(tmp_path / "ner_out.jsonl"),
                           examples_per_request=1, completions_per_request=2, model="m", base_url="http://x")
-    report = generate_rows(spec, backend=backend)
+    report = run_generation(spec, backend=backend)
     assert report.accepted == 1 and report.rejected_by_reason["wrong_output_type"] == 1
     assert backend.calls == [0] and report.candidates == 2  # one request, two completions
     row = json.loads((tmp_path / "ner_out.jsonl").read_text())
@@ -403,7 +403,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def test_transformers_backend_generates_and_screens(tmp_path, seed_file, tiny_model_dir):
     spec = make_spec(seed_file, tmp_path / "local.jsonl", None, backend="transformers", model=str(tiny_model_dir),
                      n_rows=2, max_requests=2, max_tokens=16, examples_per_request=1, concurrency=2)
-    report = generate_rows(spec)
+    report = run_generation(spec)
     assert report.requests_made == 2 and report.http_attempts == 2
     assert report.accepted == 0 and report.rejected == report.candidates >= 2  # random weights: nothing usable
     raw = (tmp_path / "local.jsonl.raw.jsonl").read_text().splitlines()
