@@ -18,7 +18,7 @@ report (report.md), outputs (analyze: writes everything).
 """
 
 from harness.analysis.family import FamilyComparison, compare_families
-from harness.analysis.load import LoadedSweep, load_sweep, trial_table
+from harness.analysis.load import LoadedSweep, load_results, trial_table
 from harness.analysis.outputs import AnalysisSummary, analyze, summary_dict, write_figures
 from harness.analysis.pipeline import DIVERSITY_CHOICES, Analysis, compute_analysis
 from harness.analysis.report import interaction_sentence, render_report
@@ -33,7 +33,7 @@ __all__ = [
     "compare_families",
     "compute_analysis",
     "interaction_sentence",
-    "load_sweep",
+    "load_results",
     "render_report",
     "summary_dict",
     "trial_table",

@@ -3,7 +3,7 @@
 Records are the source of truth (see harness.results); everything here is derived from them, so the
 analysis never depends on scores.parquet being up to date. Nothing here imports torch or ray.
 
-    sweep = load_sweep(Path("results/smoke"))
+    sweep = load_results(Path("results/smoke"))
     trials = trial_table(sweep.trials, eval_set="builtin:synthetic-heldout")
 """
 
@@ -49,7 +49,7 @@ class LoadedSweep:
         return [r for r in self.trials if not r.ok]
 
 
-def load_sweep(results_dir: Path) -> LoadedSweep:
+def load_results(results_dir: Path) -> LoadedSweep:
     """Read results_dir; InputError when there is nothing readable, warnings for partial problems.
 
     Records from another sweep are set aside (with a warning) rather than mixed in: averaging two

@@ -78,9 +78,9 @@ def analyze(results_dir: Path, *, compare: Path | None = None, eval_set: str | N
 
 def _compare_options(a: Analysis, compare: Path, options: dict) -> dict:
     """Analyse the other sweep on the same eval set when it has one, so the cells line up."""
-    from harness.analysis.load import eval_sets, load_sweep
+    from harness.analysis.load import eval_sets, load_results
 
-    loaded = load_sweep(Path(compare))
+    loaded = load_results(Path(compare))
     names = eval_sets(loaded.trials + loaded.baselines)
     same = a.eval_set if a.eval_set in names else None
     return {**options, "eval_set": same}

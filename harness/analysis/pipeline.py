@@ -89,7 +89,7 @@ def compute_analysis(results_dir: Path, *, eval_set: str | None = None,
     are never pooled silently. family_size: the size column of those fits (default: budget_size
     when every trial was matched to a parameter budget, else `capacity`).
     """
-    loaded = load.load_sweep(results_dir)
+    loaded = load.load_results(results_dir)
     chosen = load.choose_eval_set(loaded.trials + loaded.baselines, eval_set)
     trials = load.trial_table(loaded.trials, chosen)
     _check_column(trials, diversity, "diversity")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from harness.analysis import compute_analysis
-from harness.analysis.load import load_sweep, trial_table
+from harness.analysis.load import load_results, trial_table
 from harness.errors import InputError
 from harness.results import TrialStatus
 from synth_results import make_baseline, make_record, make_results, write_trials
@@ -15,7 +15,7 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "smoke_results"
 
 
 def test_trial_table_has_overall_score_and_factors(planted_dir):
-    loaded = load_sweep(planted_dir)
+    loaded = load_results(planted_dir)
     table = trial_table(loaded.trials, "synthetic-heldout")
     assert len(table) == 36  # 38 trials, 2 failed
     assert table["domains"].iloc[0].count("+") == table["n_domains"].iloc[0] - 1
@@ -34,19 +34,19 @@ def test_baseline_is_kept_apart(planted_dir):
 
 def test_empty_dir_raises_input_error(tmp_path):
     with pytest.raises(InputError, match="no trial records found"):
-        load_sweep(tmp_path)
+        load_results(tmp_path)
 
 
 def test_missing_dir_raises_input_error(tmp_path):
     with pytest.raises(InputError, match="no such results directory"):
-        load_sweep(tmp_path / "nope")
+        load_results(tmp_path / "nope")
 
 
 def test_only_unknown_schema_raises_with_the_reason(tmp_path):
     (tmp_path / "trials").mkdir()
     (tmp_path / "trials" / "x.json").write_text(json.dumps({"schema_version": 99}))
     with pytest.raises(InputError, match="schema_version 99"):
-        load_sweep(tmp_path)
+        load_results(tmp_path)
 
 
 def test_unknown_schema_among_good_records_is_a_warning(tmp_path):
