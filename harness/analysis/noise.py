@@ -86,7 +86,7 @@ def task_noise(records: list[TrialRecord], eval_set: str | None) -> pd.DataFrame
 
 
 def _task_interval(ts: Any) -> dict[str, Any]:
-    """se, source and 95% CI of one TaskScore (records keep unknown keys, so se may be there)."""
+    """se, source and 95% CI of one TaskResult (records keep unknown keys, so se may be there)."""
     se, source = task_se(ts.score, ts.metric, ts.n, getattr(ts, "se", None))
     ci = getattr(ts, "ci95", None) if source == "record" else None
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(map(_finite, ci)):

@@ -140,7 +140,7 @@ class PilotNoise:
 
 def estimate_noise(results_dir: Path, eval_set: str | None = None) -> PilotNoise:
     """Seed-to-seed SD (pooled within cells) and evaluation SD (RMS over trials) of the pilot."""
-    loaded = load.load_sweep(Path(results_dir))
+    loaded = load.load_results(Path(results_dir))
     chosen = load.choose_eval_set(loaded.trials + loaded.baselines, eval_set)
     trials = load.trial_table(loaded.trials, chosen)
     if trials.empty:
