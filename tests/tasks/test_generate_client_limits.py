@@ -19,7 +19,8 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.tasks import generate
-from harness.tasks.generate import GenerationSpec, OpenAIBackend, UnusableResponse, generate_rows, resolve_endpoint
+from harness.tasks.generate import (GenerationSpec, OpenAIBackend, UnusableResponse, resolve_endpoint,
+                                    run_generation)
 from harness.tasks.prompts import format_mc_prompt
 
 Respond = Callable[[BaseHTTPRequestHandler], None]
@@ -110,7 +111,7 @@ SEEDS = [{"input_field": format_mc_prompt(f"Which item is number {i}?", ["pen", 
           "output_field": 0, "task_type": "multiple-choice", "metric": "accuracy"} for i in range(3)]
 
 
-def run_generation(tmp_path: Path, base_url: str) -> tuple[dict, list[dict]]:
+def generate_against(tmp_path: Path, base_url: str) -> tuple[dict, list[dict]]:
     seeds = tmp_path / "seeds.json"
     seeds.write_text(json.dumps(SEEDS))
     out = tmp_path / "gen.jsonl"
@@ -118,7 +119,7 @@ def run_generation(tmp_path: Path, base_url: str) -> tuple[dict, list[dict]]:
                           n_rows=2, style="delimited", backend="openai", model="m", base_url=base_url,
                           max_retries=0, backoff_s=0.01, request_timeout_s=10, out_path=str(out), seed=0,
                           max_requests=2, concurrency=1)
-    report = generate_rows(spec)
+    report = run_generation(spec)
     rejects = [json.loads(line) for line in out.with_name(out.name + ".rejects.jsonl").read_text().splitlines()]
     return report.to_dict(), rejects
 
@@ -138,7 +139,7 @@ UNUSABLE = {
 def test_unusable_responses_are_counted_rejects_that_keep_the_raw_body(tmp_path, case):
     body, reason, raw_part = UNUSABLE[case]
     with Server(lambda h: send(h, body)) as server:
-        report, rejects = run_generation(tmp_path, server.base_url)
+        report, rejects = generate_against(tmp_path, server.base_url)
     assert report["rejected_by_reason"]["unparseable"] == 2 and report["accepted"] == 0
     assert len(rejects) == 2 and all(r["reason"] == "unparseable" for r in rejects)
     assert reason in rejects[0]["detail"] and raw_part in rejects[0]["raw_body"]
