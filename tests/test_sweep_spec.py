@@ -84,9 +84,18 @@ def test_bookkeeping_fields_do_not_change_trial_or_cell_ids():
     assert plain[0].trial_id != learning[0].trial_id
 
 
-def test_smoke_trial_ids_are_unchanged(repo):
-    # Ids written by earlier harness versions: a resume must find their records.
-    spec = load_sweep(repo / "sweeps" / "smoke.yaml")
+def test_ids_of_an_older_sweep_layout_are_unchanged():
+    # Ids written by earlier harness versions (the smoke sweep as it was before the calibration work):
+    # a resume must find their records (see config.IDENTITY_EXCLUDE and _drop_added_later).
+    raw = {"name": "smoke", "base_model": "builtin:tiny",
+           "data": {"sources": ["builtin:synthetic"], "per_subtask": 160},
+           "eval": {"sets": ["builtin:synthetic-heldout"], "per_subtask": 16},
+           "grid": {"domains": {"sets": [["concept"], ["concept", "reasoning", "behavior", "multilingual"]]},
+                    "lora_rank": [4, 16], "seed": [0, 1]},
+           "train": {"steps": 80, "lr": 3.0e-3, "micro_batch": 16},
+           "capacity": {"family": "lora", "alpha": "2x_rank", "target_modules": "all-linear"},
+           "resources": {"cpu": 1, "gpu": "auto"}, "wandb": {"project": "divcap", "mode": "offline"}}
+    spec = validate_sweep(raw)
     trials = expand_trials(spec)
     assert [t.trial_id for t in trials[:3]] == ["8621f0338d1e", "fe19a7e687b9", "1e69e61101bf"], \
         "trial ids changed: results of earlier sweeps would be re-run (see config.IDENTITY_EXCLUDE)"

@@ -136,10 +136,12 @@ def test_plan_pilot_json_carries_the_power_numbers():
 
     data = json.loads(proc.stdout)
     assert len(data["trials"]) == 9 and data["power"]["effect"] == 0.01
-    expected = power.plan_power(_smoke_plan(), power.estimate_noise(SMOKE), effect=0.01,
-                                eval_rows=16)
+    from harness.config import load_sweep
+
+    rows = load_sweep(REPO / "sweeps" / "smoke.yaml", []).eval.per_subtask  # the planned held-out rows
+    expected = power.plan_power(_smoke_plan(), power.estimate_noise(SMOKE), effect=0.01, eval_rows=rows)
     assert data["power"]["mde"] == pytest.approx(expected.mde)
-    assert data["power"]["seeds_for_effect"] is None  # 0.01 is under the evaluation-noise floor
+    assert data["power"]["seeds_for_effect"] == expected.seeds_for_effect
     assert data["power"]["seeds_for_effect_seed"] == expected.seeds_for_effect_seed
 
 

@@ -177,9 +177,12 @@ def corpus() -> str:
     return "\n\n".join(synthetic.world_corpus(0))
 
 
-def test_corpus_has_no_task_prompts_or_answer_layouts(corpus):
-    assert "Answer:" not in corpus and "Output:" not in corpus
-    assert not re.search(r"(?m)^\d+\. ", corpus)  # no numbered option lists
+def test_corpus_has_no_task_prompts_and_option_lists_only_in_drills(corpus):
+    assert "Output:" not in corpus
+    drills = [d for d in synthetic.world_corpus(0) if d.startswith("Drill: ")]
+    others = "\n".join(d for d in synthetic.world_corpus(0) if not d.startswith("Drill: "))
+    assert drills and all("\nAnswer: " in d for d in drills)  # the layout lives in the drills alone
+    assert "Answer:" not in others and not re.search(r"(?m)^\d+\. ", others)
     for sub in SUBTASKS:
         for r in synthetic.generate_rows(sub, "heldout", 24):
             assert r["input_field"].strip() not in corpus
