@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -755,14 +756,63 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpe
 
 
 def validate_sweep(raw: dict[str, Any], source: str = "<sweep>") -> SweepSpec:
+    """A validated sweep with every local path made absolute against the current directory."""
     try:
-        spec = SweepSpec.model_validate(raw)
+        spec = absolute_paths(SweepSpec.model_validate(raw))
     except ValidationError as exc:
         raise _problems_error(source, _pydantic_problems(exc)) from None
     problems = semantic_problems(spec)
     if problems:
         raise _problems_error(source, problems)
     return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths: relative to the directory the command runs in, made absolute once, before anything launches
+# (Ray runs trials in other working directories, and on other machines)
+
+
+def absolute_path(path: str, base: Path | None = None) -> str:
+    """`path` against `base` (default: the current directory), `~` expanded, `..` folded; an
+    absolute path keeps its form. Symlinks are kept, so the path reads as the user wrote it."""
+    return os.path.normpath(os.path.join(base or Path.cwd(), os.path.expanduser(path)))
+
+
+def _maybe_local(name: str) -> bool:
+    """Whether a model or dataset name is a local path rather than a hub id ('org/name'): it
+    exists here, or it is written as one (./, ../, /, ~)."""
+    return name.startswith((".", "/", "~")) or Path(name).exists()
+
+
+def absolute_paths(spec: SweepSpec, base: Path | None = None) -> SweepSpec:
+    """The spec with every local path absolute: data sources (an hf source only when it is a local
+    path, not a hub id), evaluation sets, a local base model and output_dir. Idempotent."""
+    def source(src: Any) -> Any:
+        if src == SYNTHETIC_SOURCE or (src.kind == "hf" and not _maybe_local(src.path)):
+            return src
+        return src.model_copy(update={"path": absolute_path(src.path, base)})
+
+    def eval_set(ref: Any) -> Any:
+        return ref if ref == SYNTHETIC_HELDOUT else ref.model_copy(update={"path": absolute_path(ref.path, base)})
+
+    model = spec.base_model
+    if not model.startswith("builtin:") and _maybe_local(model):
+        model = absolute_path(model, base)
+    return spec.model_copy(update={
+        "base_model": model, "output_dir": absolute_path(spec.output_dir, base),
+        "data": spec.data.model_copy(update={"sources": [source(s) for s in spec.data.sources]}),
+        "eval": spec.eval.model_copy(update={"sets": [eval_set(r) for r in spec.eval.sets]}),
+    })
+
+
+def local_paths(spec: SweepSpec) -> dict[str, str]:
+    """field path -> local file or directory every trial reads (what a cluster's nodes must see)."""
+    out = {f"data.sources[{i}].path": s.path for i, s in enumerate(spec.data.sources)
+           if s != SYNTHETIC_SOURCE and (s.kind != "hf" or os.path.isabs(s.path))}
+    out.update({f"eval.sets[{i}].path": r.path for i, r in enumerate(spec.eval.sets) if r != SYNTHETIC_HELDOUT})
+    if os.path.isabs(spec.base_model):
+        out["base_model"] = spec.base_model
+    return out
 
 
 def _problems_error(source: str, problems: list[str]) -> InputError:
