@@ -34,8 +34,10 @@ from typing import Any
 
 import yaml
 
-from harness.config import SweepSpec, TrialSpec, baseline_trial, data_sets, expand_trials, search_metric
+from harness.config import (SweepSpec, TrialSpec, baseline_trial, data_sets, expand_trials, local_paths,
+                            search_metric)
 from harness.errors import InputError
+from harness.preflight import check_evaluation, evaluation_metrics
 from harness.results import (TrialRecord, TrialStatus, atomic_write_text, load_records, read_record,
                              write_scores_table)
 from harness.tracking import shutdown_service
@@ -384,15 +386,16 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     if done and not resume:
         raise InputError(f"{results_dir} already has {len(done)} finished trial(s); pass --resume "
                          "to run only the missing ones, or choose another output_dir")
-    write_resolved_spec(spec, results_dir)
     trials = planned_trials(spec)
     todo = [t for t in trials if t.trial_id not in done]
     report_unreadable(unreadable, todo)
     ran = 0
+    metrics = evaluation_metrics(check_evaluation(spec)) if todo else []  # before anything launches
+    write_resolved_spec(spec, results_dir)
     if todo and _samples_left(spec, trials, done):
         _prepare_base_model(spec)
         _prepare_mixtures(todo, results_dir)
-        ray = _init_ray(address, num_cpus, results_dir)
+        ray = _init_ray(address, num_cpus, results_dir, local_paths(spec), metrics)
         resources = trial_resources(spec, ray.cluster_resources(), alive_nodes(ray.nodes()))
         ran = _run(spec, trials, todo, done, resources, results_dir)
     write_scores_table(results_dir)
