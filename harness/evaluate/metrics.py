@@ -281,7 +281,7 @@ def metric_problems(names: Iterable[str]) -> list[str]:
             if metric.check is not None:
                 metric.check()
         except HarnessError as exc:
-            problems.append(f"metric {name!r}: {exc}")
+            problems.append(str(exc) if repr(name) in str(exc) else f"metric {name!r}: {exc}")
     return problems
 
 
