@@ -243,8 +243,8 @@ def _init_client(ray, address: str) -> None:
             time.sleep(1.0)
 
 
-def _probe_cluster(ray, address: str, results_dir: Path | None, paths: dict[str, str],
-                   metrics: list[str]) -> None:
+def _probe_cluster(ray, address: str, results_dir: Path | None, paths: dict[str, str] | None = None,
+                   metrics: list[str] | None = None) -> None:
     """One tiny task on the cluster before any trial starts: can a node import the harness, does it
     see the results directory the driver just wrote and every file the trials read, and can it run
     the evaluation's metrics? Otherwise every trial would fail on its worker, or run and leave its
@@ -252,7 +252,8 @@ def _probe_cluster(ray, address: str, results_dir: Path | None, paths: dict[str,
     marker = str(results_dir / "sweep.yaml") if results_dir is not None else None
     probe = ray.remote(num_cpus=0, max_retries=0)(_node_probe())
     try:
-        seen = ray.get(probe.remote(marker, SHARED_DIR_WAIT_S, paths, metrics), timeout=PROBE_TIMEOUT_S)
+        seen = ray.get(probe.remote(marker, SHARED_DIR_WAIT_S, paths or {}, metrics or []),
+                       timeout=PROBE_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError:
         log.warning("cluster %s: no worker answered a probe in %.0f s; starting the sweep unchecked",
                     address, PROBE_TIMEOUT_S)
