@@ -25,6 +25,9 @@ DEV_LIKE = Path(__file__).resolve().parent / "fixtures" / "shopbench_dev_like" /
 
 def test_every_local_path_becomes_absolute_against_the_current_directory(tmp_path, monkeypatch):
     (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(  # what makes a directory a model directory
+        {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "vocab_size": 256}))
     (tmp_path / "dev.json").write_text("[]")
     monkeypatch.chdir(tmp_path)
     raw = {"name": "p", "base_model": "./model", "output_dir": "out",

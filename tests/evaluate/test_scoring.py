@@ -7,7 +7,7 @@ import json
 import pytest
 
 from harness.errors import InputError
-from harness.evaluate.metrics import NerCounts, get_metric, sentence_similarity
+from harness.evaluate.metrics import NerCounts, sentence_similarity
 from harness.evaluate.scoring import aggregate_samples, format_floor, score_responses
 
 
