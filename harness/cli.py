@@ -50,11 +50,13 @@ def plan(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
          capacity: str = typer.Option("lora_rank", help="With --pilot: the capacity factor (log2).")):
     """Expand a sweep into trials and validate it, without running anything."""
     from harness.planning import format_count, plan_summary
+    from harness.preflight import check_evaluation
     from harness.sweep import planned_trials, unplanned_note, unplanned_records
 
     spec = _load(sweep_file, set_)
     trials = planned_trials(spec)
-    summary = plan_summary(spec, trials)
+    eval_sets = check_evaluation(spec)
+    summary = plan_summary(spec, trials, eval_rows=sum(len(rows) for rows in eval_sets.values()))
     power = _plan_power(spec, trials, pilot, effect, diversity, capacity)
     summary["unplanned_records"] = len(unplanned_records(spec.results_dir, trials))
     note = unplanned_note(summary["unplanned_records"], spec.results_dir)
@@ -81,6 +83,8 @@ def plan(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
                    f"params; ~{summary['gpu_memory_gib_per_trial']} GiB GPU memory per "
                    f"trial; ~{summary['trial_seconds']} s per trial; {summary['serial_hours']} h serial; "
                    f"{summary['gpu_hours']} GPU-h")
+    for gpus, hours in summary.get("wall_hours", {}).items():
+        typer.echo(f"  wall clock on {gpus} H200 GPU(s) ({_gpu_share(spec)} per trial): ~{hours} h")
     for warning in summary["warnings"]:
         typer.echo(f"warning: {warning}")
     if note:
@@ -118,6 +122,11 @@ def _shown_trials(trials: list) -> list[tuple[int, object]]:
     tail_start = len(trials) - PLAN_LIST_TAIL
     return ([(i, trials[i]) for i in range(PLAN_LIST_HEAD)] + [(tail_start - PLAN_LIST_HEAD, None)]
             + [(i, trials[i]) for i in range(tail_start, len(trials))])
+
+
+def _gpu_share(spec) -> str:
+    gpu = spec.resources.gpu
+    return "1 GPU" if gpu == "auto" else f"{gpu:g} GPU"
 
 
 def _capacity_line(row: dict) -> str:

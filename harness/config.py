@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -33,6 +34,9 @@ from harness.tasks.sources import SourceSpec
 
 SYNTHETIC_SOURCE = "builtin:synthetic"
 SYNTHETIC_HELDOUT = "builtin:synthetic-heldout"
+# Rows split off every real data source of the sweep (eval.heldout_per_source each), never trained on.
+SOURCES_HELDOUT = "builtin:sources-heldout"
+BUILTIN_EVAL_NAMES = {SYNTHETIC_HELDOUT: "synthetic-heldout", SOURCES_HELDOUT: "sources-heldout"}
 
 
 class Spec(StrictModel):
@@ -79,10 +83,13 @@ class EvalSetRef(Spec):
 
 
 class EvalSpec(Spec):
-    sets: list[Union[Literal["builtin:synthetic-heldout"], EvalSetRef]] = Field(
+    sets: list[Union[Literal["builtin:synthetic-heldout", "builtin:sources-heldout"], EvalSetRef]] = Field(
         default_factory=lambda: [SYNTHETIC_HELDOUT]
     )
     per_subtask: int = Field(default=100, ge=1)  # held-out questions per synthetic subtask (95% CI half-width <= 0.10)
+    # builtin:sources-heldout: rows split off each real data source (distinct inputs, chosen by a hash
+    # of the input, so the split does not depend on file order); training never sees their inputs.
+    heldout_per_source: int = Field(default=50, ge=1)
     batch_size: int = Field(default=64, ge=1)
     prompt_format: Literal["auto", "raw", "chat"] = "auto"  # auto: chat template when the tokenizer has one
     mc_logits: bool = False  # score multiple-choice options from one forward pass instead of generating
@@ -371,6 +378,8 @@ class TrialSpec(Spec):
         train), so their ids, and every finished record a resume looks for, stay the same."""
         dump = self.model_dump(exclude=IDENTITY_EXCLUDE)
         _drop_added_later(dump["train"], dump["data"])
+        if SOURCES_HELDOUT not in self.eval.sets:  # added later; unused, it must not change older ids
+            dump["eval"].pop("heldout_per_source")
         cap = self.capacity
         if cap is not None and not cap.is_classic_lora:
             dump["capacity"].pop("params")  # derived from the base model's shape, not a choice
@@ -660,14 +669,63 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpe
 
 
 def validate_sweep(raw: dict[str, Any], source: str = "<sweep>") -> SweepSpec:
+    """A validated sweep with every local path made absolute against the current directory."""
     try:
-        spec = SweepSpec.model_validate(raw)
+        spec = absolute_paths(SweepSpec.model_validate(raw))
     except ValidationError as exc:
         raise _problems_error(source, _pydantic_problems(exc)) from None
     problems = semantic_problems(spec)
     if problems:
         raise _problems_error(source, problems)
     return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths: relative to the directory the command runs in, made absolute once, before anything launches
+# (Ray runs trials in other working directories, and on other machines)
+
+
+def absolute_path(path: str, base: Path | None = None) -> str:
+    """`path` against `base` (default: the current directory), `~` expanded, `..` folded; an
+    absolute path keeps its form. Symlinks are kept, so the path reads as the user wrote it."""
+    return os.path.normpath(os.path.join(base or Path.cwd(), os.path.expanduser(path)))
+
+
+def _maybe_local(name: str) -> bool:
+    """Whether a model or dataset name is a local path rather than a hub id ('org/name'): it
+    exists here, or it is written as one (./, ../, /, ~)."""
+    return name.startswith((".", "/", "~")) or Path(name).exists()
+
+
+def absolute_paths(spec: SweepSpec, base: Path | None = None) -> SweepSpec:
+    """The spec with every local path absolute: data sources (an hf source only when it is a local
+    path, not a hub id), evaluation sets, a local base model and output_dir. Idempotent."""
+    def source(src: Any) -> Any:
+        if src == SYNTHETIC_SOURCE or (src.kind == "hf" and not _maybe_local(src.path)):
+            return src
+        return src.model_copy(update={"path": absolute_path(src.path, base)})
+
+    def eval_set(ref: Any) -> Any:
+        return ref if ref in BUILTIN_EVAL_NAMES else ref.model_copy(update={"path": absolute_path(ref.path, base)})
+
+    model = spec.base_model
+    if not model.startswith("builtin:") and _maybe_local(model):
+        model = absolute_path(model, base)
+    return spec.model_copy(update={
+        "base_model": model, "output_dir": absolute_path(spec.output_dir, base),
+        "data": spec.data.model_copy(update={"sources": [source(s) for s in spec.data.sources]}),
+        "eval": spec.eval.model_copy(update={"sets": [eval_set(r) for r in spec.eval.sets]}),
+    })
+
+
+def local_paths(spec: SweepSpec) -> dict[str, str]:
+    """field path -> local file or directory every trial reads (what a cluster's nodes must see)."""
+    out = {f"data.sources[{i}].path": s.path for i, s in enumerate(spec.data.sources)
+           if s != SYNTHETIC_SOURCE and (s.kind != "hf" or os.path.isabs(s.path))}
+    out.update({f"eval.sets[{i}].path": r.path for i, r in enumerate(spec.eval.sets) if r not in BUILTIN_EVAL_NAMES})
+    if os.path.isabs(spec.base_model):
+        out["base_model"] = spec.base_model
+    return out
 
 
 def _problems_error(source: str, problems: list[str]) -> InputError:
@@ -768,8 +826,9 @@ def semantic_problems(spec: SweepSpec) -> list[str]:
     if spec.data.mode == "fixed_total" and not grid.volume:
         problems.append("grid.volume: data.mode fixed_total needs grid.volume (total training rows)")
     for i, ref in enumerate(spec.eval.sets):
-        if ref != SYNTHETIC_HELDOUT and not Path(ref.path).exists():
+        if ref not in BUILTIN_EVAL_NAMES and not Path(ref.path).exists():
             problems.append(f"eval.sets[{i}].path: file not found: {ref.path}")
+    problems += _heldout_problems(spec)
     for i, src in enumerate(spec.data.sources):
         if src != SYNTHETIC_SOURCE and src.kind != "hf" and not Path(src.path).exists():
             problems.append(f"data.sources[{i}].path: file not found: {src.path}")
@@ -884,6 +943,20 @@ def _world_problems(data: DataSpec) -> list[str]:
     return problems
 
 
+def _heldout_problems(spec: SweepSpec) -> list[str]:
+    """Rows split off the sources must stay out of training: that is the contamination check's job."""
+    if SOURCES_HELDOUT not in spec.eval.sets:
+        return []
+    i = spec.eval.sets.index(SOURCES_HELDOUT)
+    if all(s == SYNTHETIC_SOURCE for s in spec.data.sources):
+        return [f"eval.sets[{i}]: {SOURCES_HELDOUT} splits rows off the real data sources, and "
+                "data.sources has none; add a source, or use builtin:synthetic-heldout"]
+    if not spec.data.contamination_check:
+        return [f"eval.sets[{i}]: {SOURCES_HELDOUT} needs data.contamination_check: true, which keeps "
+                "the held-out rows' inputs out of every training mixture"]
+    return []
+
+
 def _resource_problems(spec: SweepSpec) -> list[str]:
     problems: list[str] = []
     gpu = spec.resources.gpu
@@ -957,7 +1030,7 @@ def _packing_problems(train: TrainSpec) -> list[str]:
 
 def eval_set_names(spec: EvalSpec) -> list[str]:
     """The names evaluation results are keyed by, in declaration order."""
-    return ["synthetic-heldout" if ref == SYNTHETIC_HELDOUT else ref.name or Path(ref.path).stem
+    return [BUILTIN_EVAL_NAMES[ref] if ref in BUILTIN_EVAL_NAMES else ref.name or Path(ref.path).stem
             for ref in spec.sets]
 
 

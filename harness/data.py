@@ -46,7 +46,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from harness.config import SYNTHETIC_HELDOUT, SYNTHETIC_SOURCE, DataSpec, EvalSpec, content_hash
+from harness.config import SOURCES_HELDOUT, SYNTHETIC_HELDOUT, SYNTHETIC_SOURCE, DataSpec, EvalSpec, content_hash
 from harness.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -225,14 +225,17 @@ def _stats(rows: list[dict[str, Any]], removed: int, skipped: dict[str, int]) ->
 
 def build_eval_sets(spec: EvalSpec, data: DataSpec | None = None) -> dict[str, list[dict[str, Any]]]:
     """name -> rows. The synthetic held-out set covers every subtask of every domain, so a trial's
-    overall score always spans all four tracks, whatever it was trained on."""
+    overall score always spans all four tracks, whatever it was trained on; the sources' held-out
+    set likewise covers every real source of the sweep (`data`), whatever a trial trains on."""
     from harness.tasks import recall, registry, synthetic
     from harness.tasks.shopbench_io import read_shopbench
 
     data = data or DataSpec()
     sets: dict[str, list[dict[str, Any]]] = {}
     for ref in spec.sets:
-        if ref == SYNTHETIC_HELDOUT and data.world.variant == "recall":
+        if ref == SOURCES_HELDOUT:
+            sets["sources-heldout"] = sources_heldout(data, spec.heldout_per_source)
+        elif ref == SYNTHETIC_HELDOUT and data.world.variant == "recall":
             sets["synthetic-heldout"] = [row for sub in recall.recall_subtasks()
                                          for row in _recall_rows(sub, data)]
         elif ref == SYNTHETIC_HELDOUT:
@@ -244,6 +247,20 @@ def build_eval_sets(spec: EvalSpec, data: DataSpec | None = None) -> dict[str, l
             rows = read_shopbench(Path(ref.path)).rows
             sets[ref.name or Path(ref.path).stem] = rows[: ref.limit] if ref.limit else rows
     return sets
+
+
+def sources_heldout(data: DataSpec, per_source: int) -> list[dict[str, Any]]:
+    """`per_source` rows of each real source, with distinct inputs, picked by a hash of the
+    normalised input: the same rows whatever the file order, the mixture seed or the trial. Passed
+    as an evaluation set, the contamination check keeps their inputs out of every mixture."""
+    rows = []
+    for src in data.sources:
+        if src == SYNTHETIC_SOURCE:
+            continue
+        distinct = {normalise_text(r["input_field"]): r for r in _real_source(src.model_dump_json()).rows}
+        chosen = sorted(distinct, key=lambda text: hashlib.sha256(text.encode()).hexdigest())[:per_source]
+        rows += [distinct[text] for text in chosen]
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +322,7 @@ def prepare_mixtures(trials: Iterable[Any], cache_dir: Path) -> PreparedMixtures
     for t in trials:
         if t.kind != "trial":
             continue
-        ev_key = (t.eval.model_dump_json(), t.data.world_seed, t.data.world.model_dump_json())
+        ev_key = (t.eval.model_dump_json(), t.data.model_dump_json())  # the sources' held-out rows need data
         if ev_key not in eval_sets:
             eval_sets[ev_key] = build_eval_sets(t.eval, t.data)
         key = mixture_key(t.subtasks, t.volume, t.data, eval_sets[ev_key])

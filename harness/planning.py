@@ -25,6 +25,8 @@ GPU_EXPONENT = 0.60  # tokens/s ~ params^-0.60 between the 0.5B and 7B anchors
 CPU_TINY_TOKENS_PER_S = 2_000.0  # builtin:tiny LoRA on one CPU core, measured here
 CPU_TINY_PARAMS = 0.87e6
 EVAL_SECONDS_PER_QUESTION = {"cpu": 0.04, "gpu": 0.01}  # batched greedy, tiny answers
+SYNTHETIC_SUBTASKS = 19  # the synthetic held-out set: eval.per_subtask questions of every subtask
+WALL_CLOCK_GPUS = (1, 8)  # plan prints the wall-clock hours of the whole sweep on one and on eight GPUs
 
 def adapter_params_of(trial: TrialSpec, shape: ModelShape) -> int:
     """Trainable adapter parameters (counted at expansion; plain LoRA on all linear layers when the
@@ -74,7 +76,8 @@ class TrialEstimate:
 
 
 def estimate_trial(trial: TrialSpec, shape: ModelShape, device: str, gpu_fraction: float = 1.0,
-                   avg_tokens_per_row: int = 120) -> TrialEstimate:
+                   avg_tokens_per_row: int = 120, eval_rows: int | None = None) -> TrialEstimate:
+    """`eval_rows`: questions the evaluation asks (default: the synthetic held-out set's)."""
     tr = trial.train
     seq = min(tr.max_seq_len, avg_tokens_per_row)
     micro = tr.micro_batch if tr.micro_batch != "auto" else tr.batch_size  # auto: at most the whole batch
@@ -90,13 +93,23 @@ def estimate_trial(trial: TrialSpec, shape: ModelShape, device: str, gpu_fractio
         rate = GPU_ANCHOR[1] * (GPU_ANCHOR[0] / shape.params) ** GPU_EXPONENT * gpu_fraction
     else:
         rate = CPU_TINY_TOKENS_PER_S * CPU_TINY_PARAMS / shape.params
-    n_questions = trial.eval.per_subtask * 19  # synthetic held-out: every subtask
+    n_questions = eval_rows if eval_rows is not None else trial.eval.per_subtask * SYNTHETIC_SUBTASKS
     seconds = tokens / rate + n_questions * EVAL_SECONDS_PER_QUESTION[device] * max(shape.params / 1e8, 1)
     return TrialEstimate(shape.params, lora, memory, tokens, seconds)
 
 
-def plan_summary(spec: SweepSpec, trials: list[TrialSpec]) -> dict[str, Any]:
-    """Design checks and resource estimates for a sweep, as a plain dict (printed or --json)."""
+def wall_hours(seconds: list[float], gpus: int, gpu_per_trial: float) -> float:
+    """Hours to run trials of these lengths on `gpus` GPUs, `gpu_per_trial` each (0.25 packs four on
+    one GPU; 2 takes two whole GPUs): longest trials first, each onto the slot that frees first."""
+    slots = [0.0] * max(int(gpus / gpu_per_trial + 1e-9), 1)
+    for s in sorted(seconds, reverse=True):
+        slots[slots.index(min(slots))] += s
+    return max(slots) / 3600
+
+
+def plan_summary(spec: SweepSpec, trials: list[TrialSpec], eval_rows: int | None = None) -> dict[str, Any]:
+    """Design checks and resource estimates for a sweep, as a plain dict (printed or --json).
+    `eval_rows`: the evaluation's questions per trial, when the sets were read (harness.preflight)."""
     real = [t for t in trials if t.kind == "trial"]
     seeds_per_cell: dict[str, int] = {}
     for t in real:
@@ -120,7 +133,7 @@ def plan_summary(spec: SweepSpec, trials: list[TrialSpec]) -> dict[str, Any]:
     for t in trials:
         key = (t.kind, id(t.capacity), t.volume)
         if key not in distinct:
-            distinct[key] = estimate_trial(t, shape, device, fraction)
+            distinct[key] = estimate_trial(t, shape, device, fraction, eval_rows=eval_rows)
     estimates = [distinct[(t.kind, id(t.capacity), t.volume)] for t in trials]
     peak = max(e.memory_gib for e in estimates)
     total_s = sum(e.seconds for e in estimates)
@@ -132,6 +145,10 @@ def plan_summary(spec: SweepSpec, trials: list[TrialSpec]) -> dict[str, Any]:
         "serial_hours": round(total_s / 3600, 3),
         "gpu_hours": round(total_s * fraction / 3600, 3) if device == "gpu" else 0.0,
     })
+    if device == "gpu":
+        per_trial = float(gpu) if gpu != "auto" else 1.0
+        summary["wall_hours"] = {str(n): round(wall_hours([e.seconds for e in estimates], n, per_trial), 3)
+                                 for n in WALL_CLOCK_GPUS}
     declared = spec.resources.gpu_memory_gib
     if device == "gpu" and declared and peak > declared * fraction:
         summary["warnings"].append(

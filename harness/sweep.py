@@ -35,8 +35,9 @@ from typing import Any
 import yaml
 
 from harness.config import (SweepSpec, TrialSpec, WandbSpec, baseline_trial, capacity_grid, data_sets,
-                            expand_trials, search_metric)
+                            expand_trials, local_paths, search_metric)
 from harness.errors import InputError
+from harness.preflight import check_evaluation, evaluation_metrics
 from harness.results import (TrialRecord, TrialStatus, atomic_write_text, load_records, read_record,
                              write_scores_table)
 from harness.tracking import shutdown_service
@@ -192,7 +193,8 @@ PROBE_TIMEOUT_S = 120.0  # a first worker on a busy or freshly scaled cluster ca
 SHARED_DIR_WAIT_S = 15.0  # NFS attribute caches may hide a file just written for a few seconds
 
 
-def _init_ray(address: str | None, num_cpus: int | None, results_dir: Path | None = None):
+def _init_ray(address: str | None, num_cpus: int | None, results_dir: Path | None = None,
+              paths: dict[str, str] | None = None, metrics: list[str] | None = None):
     """A local Ray (no address), or a connection to an existing cluster that is checked first.
 
     - "auto" or "host:port": this machine is a node of the cluster (or RAY_ADDRESS names it); the
@@ -201,7 +203,8 @@ def _init_ray(address: str | None, num_cpus: int | None, results_dir: Path | Non
     - "ray://host:port" (Ray Client): only the driver runs here; Tune's controller runs as an actor
       on the head and trials on the workers, which see nothing of this machine. So the harness must
       be installed on every node, and output_dir and every data or evaluation file must be paths
-      that every node sees (the client ships no files; the probe below checks output_dir).
+      that every node sees (the client ships no files; the probe below checks output_dir, every
+      data and evaluation file and a local base model, and that the evaluation's metrics run).
     An existing cluster keeps its own resources, so `num_cpus` is for a local Ray only.
     """
     import ray
@@ -217,7 +220,7 @@ def _init_ray(address: str | None, num_cpus: int | None, results_dir: Path | Non
         raise InputError(f"--num-cpus {num_cpus} is for a local Ray; the cluster at {address} keeps "
                          "its own resources (drop --num-cpus, or --address to run locally)")
     _connect(ray, address)
-    _probe_cluster(ray, address, results_dir)
+    _probe_cluster(ray, address, results_dir, paths or {}, metrics or [])
     return ray
 
 
@@ -259,14 +262,17 @@ def _init_client(ray, address: str) -> None:
             time.sleep(1.0)
 
 
-def _probe_cluster(ray, address: str, results_dir: Path | None) -> None:
-    """One tiny task on the cluster before any trial starts: can a node import the harness, and
-    does it see the results directory the driver just wrote? Otherwise every trial would fail on
-    its worker, or run and leave its record where the driver never looks."""
+def _probe_cluster(ray, address: str, results_dir: Path | None, paths: dict[str, str] | None = None,
+                   metrics: list[str] | None = None) -> None:
+    """One tiny task on the cluster before any trial starts: can a node import the harness, does it
+    see the results directory the driver just wrote and every file the trials read, and can it run
+    the evaluation's metrics? Otherwise every trial would fail on its worker, or run and leave its
+    record where the driver never looks."""
     marker = str(results_dir / "sweep.yaml") if results_dir is not None else None
     probe = ray.remote(num_cpus=0, max_retries=0)(_node_probe())
     try:
-        seen = ray.get(probe.remote(marker, SHARED_DIR_WAIT_S), timeout=PROBE_TIMEOUT_S)
+        seen = ray.get(probe.remote(marker, SHARED_DIR_WAIT_S, paths or {}, metrics or []),
+                       timeout=PROBE_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError:
         log.warning("cluster %s: no worker answered a probe in %.0f s; starting the sweep unchecked",
                     address, PROBE_TIMEOUT_S)
@@ -278,6 +284,13 @@ def _probe_cluster(ray, address: str, results_dir: Path | None) -> None:
     if marker is not None and not seen["sees_results"]:
         raise InputError(f"output_dir: {where} does not see {marker}, which the driver wrote: set "
                          "output_dir to storage that every node and the driver see (NFS, a shared disk)")
+    if seen.get("missing"):
+        listed = "\n  ".join(f"{field}: {path}" for field, path in seen["missing"].items())
+        raise InputError(f"{where} does not see these paths of the sweep:\n  {listed}\nput them on "
+                         "storage every node sees (the same absolute path everywhere), then run again")
+    if seen.get("metric_problems"):
+        raise InputError(f"{where} cannot run the evaluation's metrics:\n  "
+                         + "\n  ".join(seen["metric_problems"]))
     from harness import __version__
 
     if seen["version"] != __version__:
@@ -287,7 +300,7 @@ def _probe_cluster(ray, address: str, results_dir: Path | None) -> None:
 def _node_probe():
     """The probe's body, made in a closure so Ray ships it by value: a node without the harness
     can still run it and say so, instead of failing to unpickle a function from harness.sweep."""
-    def probe(marker: str | None, wait_s: float) -> dict[str, Any]:
+    def probe(marker: str | None, wait_s: float, paths: dict[str, str], metrics: list[str]) -> dict[str, Any]:
         import os as _os
         import platform
         import time as _time
@@ -295,10 +308,13 @@ def _node_probe():
         out: dict[str, Any] = {"host": platform.node(), "error": None, "version": None}
         try:
             import harness.sweep  # noqa: F401 - what the trials import first
+            from harness.evaluate.metrics import metric_problems
 
             out["version"] = harness.__version__
+            out["metric_problems"] = metric_problems(metrics)
         except Exception as exc:  # noqa: BLE001 - reported to the driver
             out["error"] = f"{type(exc).__name__}: {exc}"
+        out["missing"] = {field: path for field, path in paths.items() if not _os.path.exists(path)}
         deadline = _time.monotonic() + wait_s
         while marker is not None and not _os.path.exists(marker) and _time.monotonic() < deadline:
             _time.sleep(0.5)
@@ -387,7 +403,6 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     if done and not resume:
         raise InputError(f"{results_dir} already has {len(done)} finished trial(s); pass --resume "
                          "to run only the missing ones, or choose another output_dir")
-    write_resolved_spec(spec, results_dir)
     trials = planned_trials(spec)
     unplanned = len(unplanned_records(results_dir, trials))
     if unplanned:
@@ -395,10 +410,12 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     todo = [t for t in trials if t.trial_id not in done]
     report_unreadable(unreadable, todo)
     ran = 0
+    metrics = evaluation_metrics(check_evaluation(spec)) if todo else []  # before anything launches
+    write_resolved_spec(spec, results_dir)
     if todo and _samples_left(spec, trials, done):
         _prepare_base_model(spec)
         _prepare_mixtures(todo, results_dir)
-        ray = _init_ray(address, num_cpus, results_dir)
+        ray = _init_ray(address, num_cpus, results_dir, local_paths(spec), metrics)
         resources = trial_resources(spec, ray.cluster_resources(), alive_nodes(ray.nodes()))
         ran = _run(spec, trials, todo, done, resources, results_dir)
     write_scores_table(results_dir)

@@ -211,17 +211,21 @@ def test_address_auto_finds_the_running_cluster(head):
 
 
 def test_cluster_that_cannot_see_output_dir_is_refused(tmp_path, head):
-    """A results directory the cluster does not see stops the sweep before any trial starts."""
+    """A results directory, or a data or evaluation file, that the cluster does not see stops the
+    sweep before any trial starts."""
     code = ("import sys; from pathlib import Path; from harness.errors import InputError\n"
             "from harness import sweep; sweep.SHARED_DIR_WAIT_S = 0.5\n"
             "ray = sweep._init_ray(sys.argv[1], None)\n"
             "try:\n    sweep._probe_cluster(ray, sys.argv[1], Path(sys.argv[2]))\n"
+            "except InputError as exc:\n    print('REFUSED', exc)\n"
+            "try:\n    sweep._probe_cluster(ray, sys.argv[1], None, {'eval.sets[1].path': '/nowhere/dev.json'})\n"
             "except InputError as exc:\n    print('REFUSED', exc)\n")
     proc = subprocess.run([sys.executable, "-c", code, head.client_address, str(tmp_path / "nowhere")],
                           capture_output=True, text=True, cwd=REPO,
                           env=driver_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "REFUSED output_dir:" in proc.stdout and "every node and the driver see" in proc.stdout
+    assert "does not see these paths of the sweep:\n  eval.sets[1].path: /nowhere/dev.json" in proc.stdout
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def _lora_params(dims: LayerDims, rank: int, experts: int | None, n_groups: int 
 
 LORA = register_family(Family(  # also what a match_params budget 'r32' counts (plain LoRA at rank 32)
     name="lora", summary="one LoRA adapter (rsLoRA scaling with alpha 'rslora:<alpha>')",
-    layer_params=_lora_params, adapted=PeftAdapted, legacy_ids=True, vllm_lora=True,
+    layer_params=_lora_params, adapted=PeftAdapted, legacy_ids=True,
 ))
 
 

@@ -58,7 +58,6 @@ class Family:
     # Ids keep the layout from before families existed (rank and alpha at the top of the identity):
     # true for plain LoRA only, so its finished records are still found by --resume.
     legacy_ids: bool = False
-    vllm_lora: bool = False  # the saved adapter is a plain peft LoRA adapter that vLLM can serve
 
 
 class FamilyRegistry:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
-from harness.errors import InputError, MissingDependencyError, unknown_name_message
+from harness.errors import HarnessError, InputError, MissingDependencyError, unknown_name_message
 
 MINILM_ENV = "HARNESS_MINILM_MODEL"  # a local all-MiniLM-L6-v2 directory (or hub id when online)
 MULTILINGUAL_ENV = "HARNESS_MULTILINGUAL_ST_MODEL"  # a local paraphrase-multilingual-MiniLM-L12-v2
@@ -164,8 +164,8 @@ def _sacrebleu(tokenize: str) -> Any:
     except (ImportError, RuntimeError) as exc:
         raise MissingDependencyError(
             f"metric 'jp-bleu' needs sacreBLEU's {tokenize!r} tokenizer, which is not installed "
-            f"({str(exc).strip().splitlines()[0]}); install it with: pip install -e '.[ja]' "
-            "(mecab-python3 and ipadic)") from exc
+            f"({str(exc).strip().splitlines()[0]}); install it with: pip install mecab-python3 ipadic "
+            "(both part of the harness's default install)") from exc
     return sacrebleu
 
 
@@ -198,10 +198,7 @@ def multilingual_location() -> tuple[str, str]:
 @functools.lru_cache(maxsize=4)
 def load_sentence_model(location: str, setting: str) -> Any:
     """A SentenceTransformer from a directory (or a hub id when online), cached per process."""
-    looks_like_path = os.path.isabs(location) or location.startswith((".", "~"))
-    if looks_like_path and not os.path.isdir(os.path.expanduser(location)):
-        raise InputError(f"{setting}: no model directory at {location!r}; "
-                         "point it at a sentence-transformers model folder")
+    _check_model_dir(location, setting)
     from sentence_transformers import SentenceTransformer
 
     try:
@@ -233,6 +230,9 @@ class Metric:
     task_type: str  # the task type whose parsed predictions it scores
     aggregation: Aggregation  # "mean" of per-sample floats, or "pooled-f1" over NerCounts
     score_samples: Callable[[Sequence[Any], Sequence[Any]], list[Any]]  # (predictions, truths)
+    # Raises (MissingDependencyError, InputError) when the metric cannot run here: checked before
+    # any trial starts, without loading models (metric_problems).
+    check: Callable[[], Any] | None = None
 
     def aggregate(self, values: Sequence[Any]) -> float:
         """The task score from per-sample values (floats, or NerCounts for pooled-f1)."""
@@ -252,10 +252,36 @@ METRICS: MappingProxyType[str, Metric] = MappingProxyType({m.name: m for m in (
     Metric("micro f1", "named_entity_recognition", "pooled-f1", _each(ner_counts)),
     Metric("rougel", "generation", "mean", _each(rouge_l)),
     Metric("bleu", "generation", "mean", _each(bleu)),
-    Metric("jp-bleu", "generation", "mean", _each(functools.partial(bleu, tokenize="ja-mecab"))),
-    Metric("sent-transformer", "generation", "mean", _embedding(minilm_location)),
-    Metric("multilingual-sent-transformer", "generation", "mean", _embedding(multilingual_location)),
+    Metric("jp-bleu", "generation", "mean", _each(functools.partial(bleu, tokenize="ja-mecab")),
+           check=functools.partial(_sacrebleu, "ja-mecab")),
+    Metric("sent-transformer", "generation", "mean", _embedding(minilm_location),
+           check=lambda: _check_model_dir(*minilm_location())),
+    Metric("multilingual-sent-transformer", "generation", "mean", _embedding(multilingual_location),
+           check=lambda: _check_model_dir(*multilingual_location())),
 )})
+
+
+def _check_model_dir(location: str, setting: str) -> None:
+    """A sentence-transformers model given as a path must be a directory (a hub id passes: it is
+    resolved when loaded, online)."""
+    looks_like_path = os.path.isabs(location) or location.startswith((".", "~"))
+    if looks_like_path and not os.path.isdir(os.path.expanduser(location)):
+        raise InputError(f"{setting}: no model directory at {location!r}; "
+                         "point it at a sentence-transformers model folder")
+
+
+def metric_problems(names: Iterable[str]) -> list[str]:
+    """One message per metric in `names` that cannot run on this machine (an unknown name, a missing
+    tokenizer, model or setting), found before any trial starts rather than after its evaluation."""
+    problems = []
+    for name in dict.fromkeys(names):
+        try:
+            metric = get_metric(name)
+            if metric.check is not None:
+                metric.check()
+        except HarnessError as exc:
+            problems.append(str(exc) if repr(name) in str(exc) else f"metric {name!r}: {exc}")
+    return problems
 
 
 def get_metric(name: str) -> Metric:

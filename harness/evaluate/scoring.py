@@ -4,11 +4,14 @@
     report.to_dict()    # {"tasks": {...}, "tracks": {...}, "overall": x, "pooled": y}
 
 Rows group into tasks by `task_name`, else `subtask`, else `default_task_name`; a task belongs to
-its rows' `track`, else their `domain`, else "default". A task's score is the mean of its samples
-(NER: pooled micro-F1), a track's the unweighted mean of its tasks, `overall` the mean of the tracks
-(ShopBench's Track 5 when the four tracks are present) and `pooled` the unweighted mean over all
-tasks (what the organisers' local script printed). Per-sample values stay on each TaskScore for
-debugging and bootstraps: resample `sample_values` and call `get_metric(metric).aggregate`.
+its rows' `track`, else their `domain`, else "default". The metric belongs to the row, as in the
+organisers' evaluator: each row is scored with its own `metric`, and one task may mix metrics (their
+translation task mixes `bleu` and `jp-bleu` rows; its metric then reads "bleu/jp-bleu"). A task's
+score is the mean of its rows' scores (NER: micro-F1 pooled over the task's rows), a track's the
+unweighted mean of its tasks, `overall` the mean of the tracks (ShopBench's Track 5 when the four
+tracks are present) and `pooled` the unweighted mean over all tasks (what the organisers' local
+script printed). Per-sample values stay on each TaskScore for debugging and bootstraps:
+`aggregate_samples(metrics, values)` re-aggregates a resample.
 """
 
 from __future__ import annotations
@@ -33,13 +36,14 @@ class TaskScore:
     """One task's score and the per-sample detail behind it."""
 
     name: str
-    metric: str
+    metric: str  # the rows' metrics in order of appearance, joined by "/" ("bleu/jp-bleu")
     track: str
     score: float
     row_indices: tuple[int, ...]  # positions of this task's rows in the scored sequence
     predictions: tuple[Any, ...]  # parsed responses
     sample_values: tuple[Any, ...]  # per-sample metric values (NerCounts for micro f1)
     sample_scores: tuple[float, ...]  # per-sample floats (for micro f1, each sample's own F1)
+    sample_metrics: tuple[str, ...] = ()  # each row's own metric
 
     @property
     def n(self) -> int:
@@ -88,9 +92,9 @@ class ScoreReport:
 
 @dataclass
 class _TaskRows:
-    metric: str
     track: str
     indices: list[int] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)  # each row's metric, in row order
 
 
 def score_responses(rows: Sequence[Mapping[str, Any]], responses: Sequence[str], *,
@@ -143,16 +147,25 @@ def _group_tasks(rows: list[dict[str, Any]], default_task_name: str) -> dict[str
     for index, row in enumerate(rows):
         name = str(row.get("task_name") or row.get("subtask") or default_task_name)
         track = str(row.get("track") or row.get("domain") or DEFAULT_TRACK)
-        group = groups.setdefault(name, _TaskRows(row["metric"], track))
-        _check_consistent(name, group, row["metric"], track, index)
+        group = groups.setdefault(name, _TaskRows(track))
+        _check_consistent(name, group, track, index)
         group.indices.append(index)
+        group.metrics.append(row["metric"])
+    for name, group in groups.items():
+        _check_aggregation(name, group)
     return groups
 
 
-def _check_consistent(name: str, group: _TaskRows, metric: str, track: str, index: int) -> None:
-    if metric != group.metric:
-        raise InputError(f"task {name!r} mixes metrics ({group.metric!r} and {metric!r} at row "
-                         f"{index + 1}); give each metric its own task_name")
+def _check_aggregation(name: str, group: _TaskRows) -> None:
+    """A pooled metric (NER micro-F1) has no per-row score to average with other metrics' rows."""
+    kinds = {get_metric(m).aggregation for m in group.metrics}
+    if len(kinds) > 1:
+        raise InputError(f"task {name!r} mixes {' and '.join(sorted(set(group.metrics)))}: micro-F1 is "
+                         "pooled over a task's rows and cannot be averaged with per-row scores; give "
+                         "those rows their own task_name")
+
+
+def _check_consistent(name: str, group: _TaskRows, track: str, index: int) -> None:
     if track != group.track:
         raise InputError(f"task {name!r} spans tracks ({group.track!r} and {track!r} at row "
                          f"{index + 1}); a task belongs to one track")
@@ -160,14 +173,35 @@ def _check_consistent(name: str, group: _TaskRows, metric: str, track: str, inde
 
 def _score_task(name: str, group: _TaskRows, rows: list[dict[str, Any]],
                 responses: Sequence[str]) -> TaskScore:
-    metric = get_metric(group.metric)
     predictions = [parse_response(rows[i]["task_type"], responses[i]) for i in group.indices]
     truths = [rows[i]["output_field"] for i in group.indices]
-    values = metric.score_samples(predictions, truths)
-    return TaskScore(name=name, metric=metric.name, track=group.track,
-                     score=float(metric.aggregate(values)), row_indices=tuple(group.indices),
+    values = _values_by_row_metric(group.metrics, predictions, truths)
+    return TaskScore(name=name, metric="/".join(dict.fromkeys(group.metrics)), track=group.track,
+                     score=aggregate_samples(group.metrics, values), row_indices=tuple(group.indices),
                      predictions=tuple(predictions), sample_values=tuple(values),
-                     sample_scores=tuple(metric.sample_score(v) for v in values))
+                     sample_scores=tuple(get_metric(m).sample_score(v) for m, v in zip(group.metrics, values)),
+                     sample_metrics=tuple(group.metrics))
+
+
+def _values_by_row_metric(metrics: list[str], predictions: list[Any], truths: list[Any]) -> list[Any]:
+    """Per-row metric values, each row scored by its own metric (one batch call per metric, so the
+    embedding metrics still encode in batches)."""
+    values: list[Any] = [None] * len(metrics)
+    for name in dict.fromkeys(metrics):
+        at = [i for i, m in enumerate(metrics) if m == name]
+        scored = get_metric(name).score_samples([predictions[i] for i in at], [truths[i] for i in at])
+        for i, value in zip(at, scored, strict=True):
+            values[i] = value
+    return values
+
+
+def aggregate_samples(metrics: Sequence[str], values: Sequence[Any]) -> float:
+    """A task's score from its rows' metrics and values: pooled micro-F1 when the rows' metric pools
+    (NER), else the mean of the rows' own scores (a mixed bleu/jp-bleu task included)."""
+    first = get_metric(metrics[0])
+    if first.aggregation == "pooled-f1":
+        return float(first.aggregate(values))
+    return _mean(get_metric(m).sample_score(v) for m, v in zip(metrics, values, strict=True))
 
 
 def _report(tasks: dict[str, TaskScore]) -> ScoreReport:

@@ -779,7 +779,17 @@ def load_generation_spec(path: str | Path, overrides: Sequence[str] = ()) -> Gen
     from harness.config import apply_overrides, read_yaml_mapping
 
     raw = read_yaml_mapping(path, "generation spec", "subtask:, task_type:, ...")
-    return GenerationSpec.parse(apply_overrides(raw, list(overrides)), where=str(path))
+    spec = GenerationSpec.parse(apply_overrides(raw, list(overrides)), where=str(path))
+    return absolute_generation_paths(spec)
+
+
+def absolute_generation_paths(spec: GenerationSpec) -> GenerationSpec:
+    """seed_path and out_path against the directory the command runs in, as a sweep's paths are
+    (harness.config.absolute_path). `model` stays as written: it is part of the resume identity."""
+    from harness.config import absolute_path
+
+    return spec.model_copy(update={"seed_path": absolute_path(spec.seed_path),
+                                   "out_path": absolute_path(spec.out_path)})
 
 
 def generate_main(spec_path: str | Path, overrides: Sequence[str] = (), *, as_json: bool = False) -> int:

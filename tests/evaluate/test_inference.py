@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 
 import pytest
@@ -11,7 +10,6 @@ torch = pytest.importorskip("torch")
 
 from harness.config import EvalSpec  # noqa: E402
 from harness.data import build_eval_sets  # noqa: E402
-from harness.errors import MissingDependencyError  # noqa: E402
 from harness.evaluate import inference  # noqa: E402
 from harness.evaluate.inference import (  # noqa: E402
     count_options,
@@ -205,21 +203,6 @@ def test_mc_logits_agrees_with_generation_after_lora_training(tiny):
     digit_rows = [i for i, g in enumerate(generated) if g[:1].isdigit()]
     assert len(digit_rows) >= len(rows) // 2
     assert [fast[i] for i in digit_rows] == [generated[i][0] for i in digit_rows]
-
-
-# ---------------------------------------------------------------------------------------------
-# vLLM backend
-
-
-def test_vllm_backend_without_vllm_names_the_install_command():
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("vllm is installed")
-    with pytest.raises(MissingDependencyError, match=r"pip install -e \.\[gpu\]"):
-        importlib.import_module("harness.evaluate.vllm_backend")
 
 
 def _unpadded_logprob(model, tok, prompt: str, text: str) -> float:

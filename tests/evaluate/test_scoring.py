@@ -7,8 +7,8 @@ import json
 import pytest
 
 from harness.errors import InputError
-from harness.evaluate.metrics import NerCounts, get_metric, sentence_similarity
-from harness.evaluate.scoring import format_floor, score_responses
+from harness.evaluate.metrics import NerCounts, sentence_similarity
+from harness.evaluate.scoring import aggregate_samples, format_floor, score_responses
 
 
 def mc(truth, **extra):
@@ -58,7 +58,7 @@ def test_ner_task_is_pooled_and_keeps_per_sample_detail():
     assert task.sample_values == (NerCounts(1, 1, 0), NerCounts(0, 0, 2))
     assert task.sample_scores == pytest.approx((2 / 3, 0.0))
     assert task.score == pytest.approx(0.4)  # pooled, not the 1/3 mean of the samples
-    assert get_metric(task.metric).aggregate(task.sample_values) == task.score  # bootstrap recipe
+    assert aggregate_samples(task.sample_metrics, task.sample_values) == task.score  # bootstrap recipe
 
 
 def test_per_sample_detail_maps_back_to_rows():
@@ -83,10 +83,34 @@ def test_generation_task_scores_the_batched_similarity(minilm):
     assert task.score == pytest.approx(sum(expected) / 3)
 
 
-def test_a_task_mixing_metrics_is_named():
-    rows = [mc(1, task_name="mixed"), retrieval([1], task_name="mixed")]
-    with pytest.raises(InputError, match="task 'mixed' mixes metrics .* at row 2"):
-        score_responses(rows, ["1", "1"])
+def test_the_metric_belongs_to_the_row_and_a_task_averages_its_rows():
+    rows = [mc(1, task_name="mixed"), retrieval([1, 2], task_name="mixed"), mc(2, task_name="mixed")]
+    task = score_responses(rows, ["1", "1, 7", "0"]).tasks["mixed"]
+    assert task.metric == "accuracy/hit rate@3"  # each metric once, in order of appearance
+    assert task.sample_metrics == ("accuracy", "hit rate@3", "accuracy")
+    assert task.sample_scores == pytest.approx((1.0, 0.5, 0.0))
+    assert task.score == pytest.approx(0.5)  # the mean of the rows' own scores
+
+
+def test_a_task_mixing_bleu_and_jp_bleu_scores_each_row_with_its_tokeniser():
+    gen = {"task_type": "generation", "task_name": "task17", "input_field": "Translate."}
+    rows = [{**gen, "metric": "bleu", "output_field": "Ensemble de serviettes en coton gris"},
+            {**gen, "metric": "jp-bleu", "output_field": "ステンレス製の電気ケトル、容量1リットル"}]
+    task = score_responses(rows, ["ensemble de serviettes en coton", "ステンレスの電気ケトル、1リットル"]).tasks["task17"]
+    assert task.metric == "bleu/jp-bleu"
+    import sacrebleu
+
+    expected = [sacrebleu.corpus_bleu([hyp], [[ref]], lowercase=True, tokenize=tok, smooth_method="exp").score / 100
+                for hyp, ref, tok in (("ensemble de serviettes en coton", rows[0]["output_field"], "13a"),
+                                      ("ステンレスの電気ケトル、1リットル", rows[1]["output_field"], "ja-mecab"))]
+    assert task.sample_scores == pytest.approx(expected)
+    assert 0 < expected[1] < 1 and task.score == pytest.approx(sum(expected) / 2)
+
+
+def test_a_pooled_metric_cannot_be_averaged_with_per_row_ones():
+    rows = [mc(1, task_name="mixed"), ner(["a"], task_name="mixed")]
+    with pytest.raises(InputError, match="task 'mixed' mixes accuracy and micro f1: micro-F1 is pooled"):
+        score_responses(rows, ["1", "a"])
 
 
 def test_a_task_spanning_tracks_is_named():

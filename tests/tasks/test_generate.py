@@ -408,3 +408,14 @@ def test_transformers_backend_generates_and_screens(tmp_path, seed_file, tiny_mo
     assert report.accepted == 0 and report.rejected == report.candidates >= 2  # random weights: nothing usable
     raw = (tmp_path / "local.jsonl.raw.jsonl").read_text().splitlines()
     assert [json.loads(line)["request"] for line in raw] == [0, 1]
+
+
+def test_generation_spec_paths_resolve_against_the_command_directory(tmp_path, monkeypatch):
+    from harness.tasks.generate import load_generation_spec
+
+    (tmp_path / "gen.yaml").write_text("subtask: ec_spa_gen\ntask_type: multiple-choice\ndomain: concept\n"
+                                       "seed_path: seeds/spa.json\nn_rows: 4\nout_path: ../out/gen.jsonl\n")
+    monkeypatch.chdir(tmp_path)
+    spec = load_generation_spec("gen.yaml")
+    assert spec.seed_path == str(tmp_path / "seeds" / "spa.json")
+    assert spec.out_path == str(tmp_path.parent / "out" / "gen.jsonl")
