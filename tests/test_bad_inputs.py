@@ -19,25 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import cli
+from cli_runner import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "sweeps" / "smoke.yaml"
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str]:
-    """(exit code, stderr + stdout) of `harness ARGS` run in this process."""
-    argv = sys.argv
-    sys.argv = ["harness", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
 
 
 def assert_clean_refusal(code: int, text: str, *needles: str) -> None:

@@ -8,32 +8,18 @@ import json
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_runner import run_cli
 
-from harness import cli, results
+from harness import results
 from harness.config import load_sweep
 from harness.sweep import planned_trials, report_unreadable, write_resolved_spec
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "smoke_results"
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str]:
-    argv = sys.argv
-    sys.argv = ["harness", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
 
 
 @pytest.fixture
