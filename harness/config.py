@@ -377,9 +377,7 @@ class TrialSpec(Spec):
         the layout from before capacity families (rank and alpha at the top, the LoRA knobs under
         train), so their ids, and every finished record a resume looks for, stay the same."""
         dump = self.model_dump(exclude=IDENTITY_EXCLUDE)
-        _drop_added_later(dump["train"], dump["data"])
-        if SOURCES_HELDOUT not in self.eval.sets:  # added later; unused, it must not change older ids
-            dump["eval"].pop("heldout_per_source")
+        _drop_added_later(dump["train"], dump["data"], dump["eval"])
         cap = self.capacity
         if cap is not None and not cap.is_classic_lora:
             dump["capacity"].pop("params")  # derived from the base model's shape, not a choice
@@ -432,9 +430,12 @@ def _names_json(value: list[str]) -> str:
 _BLOCK_JSON: dict[tuple[int, str], tuple[Spec, str]] = {}  # (id(block), extra) -> (block kept alive, JSON)
 
 
-def _drop_added_later(train: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> None:
-    """Remove from dumped train / data blocks the fields added after ids existed, when they hold
-    their old meaning (unset, default), so that older trial ids stay the same."""
+def _drop_added_later(train: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
+                      eval_: dict[str, Any] | None = None) -> None:
+    """Remove from dumped train / data / eval blocks the fields added after ids existed, when they
+    hold their old meaning (unset, default, unused), so that older trial ids stay the same."""
+    if eval_ is not None and SOURCES_HELDOUT not in eval_["sets"]:  # unused without that eval set
+        eval_.pop("heldout_per_source")
     if train is not None:
         for added_later in ("batch_size", "epochs"):
             if train[added_later] is None:
@@ -459,6 +460,8 @@ def _block_json(block: Spec, exclude: set[str] | None = None, extra: dict[str, A
         _drop_added_later(train=dump)
     elif isinstance(block, DataSpec):
         _drop_added_later(data=dump)
+    elif isinstance(block, EvalSpec):
+        _drop_added_later(eval_=dump)
     text = _canonical({**dump, **(extra or {})})
     if len(_BLOCK_JSON) > 4096:
         _BLOCK_JSON.clear()

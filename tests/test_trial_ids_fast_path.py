@@ -11,8 +11,9 @@ import pytest
 from harness.config import TrialSpec, content_hash, load_sweep
 from harness.sweep import planned_trials
 
-SWEEPS = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
-VARIANTS = {"as_shipped": [], "epochs": ["train.epochs=2", "train.steps=null"], "batch_size": ["train.batch_size=16"]}
+SWEEPS = sorted((Path(__file__).resolve().parents[1] / "sweeps").rglob("*.yaml"))
+VARIANTS = {"as_shipped": [], "epochs": ["train.epochs=2", "train.steps=null"],
+            "batch_size": ["train.micro_batch=8", "train.grad_accum=2", "train.batch_size=16"]}  # sweeps/real/ covers eval.heldout_per_source
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
