@@ -490,9 +490,21 @@ def parse_override(text: str) -> tuple[list[str], Any]:
                          "or quote the whole value as text, e.g. --set 'name=\"my:sweep\"'") from None
 
 
+# A command-line choice of one compute budget replaces the file's other one: `--set train.steps=40` on a
+# sweep that declares epochs runs 40 steps (and the reverse), instead of refusing both as set.
+_OTHER_BUDGET = {("train", "steps"): "epochs", ("train", "epochs"): "steps"}
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    chosen = set()
     for text in overrides:
         path, value = parse_override(text)
+        if tuple(path) in _OTHER_BUDGET and value is not None:
+            chosen.add(tuple(path))
+            other = _OTHER_BUDGET[tuple(path)]
+            train = raw.get("train")
+            if isinstance(train, dict) and ("train", other) not in chosen:
+                train[other] = None
         node = raw
         for part in path[:-1]:
             child = node.get(part)
@@ -987,7 +999,7 @@ def _train_schedule_problems(train: TrainSpec) -> list[str]:
     if train.epochs is not None and train.steps is not None and "steps" in train.model_fields_set:
         problems.append(f"train.steps: {train.steps} and train.epochs: {train.epochs:g} both set the compute "
                         "budget; give steps (equal compute per cell) or epochs (steps follow the mixture's "
-                        "size), not both (from the command line: --set train.steps=null --set train.epochs=N)")
+                        "size), not both (on the command line, --set train.epochs=N alone replaces the file's steps)")
     if train.epochs is None and train.steps is None:
         problems.append("train.steps: missing compute budget; give train.steps (optimiser steps) or "
                         "train.epochs (passes over the mixture)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import TrainSpec, budget_note, budget_steps, expand_trials, validate_sweep
+from harness.config import TrainSpec, budget_note, budget_steps, expand_trials, load_sweep, validate_sweep
 from harness.errors import InputError
 
 BASE = {"name": "b", "base_model": "builtin:tiny",
@@ -22,7 +22,7 @@ def test_epochs_steps_follow_the_rows_and_the_step_size():
 def test_steps_and_epochs_together_are_refused_with_the_way_out():
     with pytest.raises(InputError) as info:
         validate_sweep({**BASE, "train": {"steps": 50, "epochs": 2}}, source="s.yaml")
-    assert "train.steps" in str(info.value) and "--set train.steps=null" in str(info.value)
+    assert "train.steps" in str(info.value) and "--set train.epochs=N alone" in str(info.value)
     with pytest.raises(InputError, match="missing compute budget"):
         validate_sweep({**BASE, "train": {"steps": None}}, source="s.yaml")
 
@@ -48,3 +48,13 @@ def test_asha_needs_equal_steps():
 def test_budget_note_says_what_the_choice_implies():
     assert "equal compute per cell" in budget_note(TrainSpec(steps=80))
     assert "more compute" in budget_note(TrainSpec(steps=None, epochs=2))
+
+
+def test_a_command_line_budget_replaces_the_files_other_one(repo):
+    smoke = repo / "sweeps" / "smoke.yaml"  # declares epochs
+    assert load_sweep(smoke, ["train.steps=40"]).train.epochs is None
+    assert load_sweep(smoke, ["train.steps=40"]).train.steps == 40
+    rank = load_sweep(repo / "sweeps" / "rank_scaling.yaml", ["train.epochs=2"])  # declares steps
+    assert (rank.train.steps, rank.train.epochs) == (None, 2.0)
+    with pytest.raises(InputError, match="both set the compute budget"):
+        load_sweep(smoke, ["train.steps=40", "train.epochs=3"])  # both on the command line: ambiguous
