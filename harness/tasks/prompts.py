@@ -50,7 +50,7 @@ def format_mc_prompt(question: str, options: Sequence[str]) -> str:
 
 def count_mc_options(prompt: str) -> int:
     """How many '0. ', '1. ', ... option lines a multiple-choice prompt lists (consecutive from 0)."""
-    numbers = {int(m) for m in re.findall(r"(?m)^\s*(\d+)\.\s", prompt)}
+    numbers = {int(m) for m in re.findall(r"(?m)^\s*(\d{1,3})\.\s", prompt)}  # bounded: no huge ints
     n = 0
     while n in numbers:
         n += 1

@@ -11,8 +11,9 @@ plus optional task_name, track, and our domain, subtask and row_id columns.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
+
+from harness.tasks.prompts import count_mc_options
 
 # task type -> the metrics ShopBench uses with it (first = default)
 TASK_TYPES: dict[str, tuple[str, ...]] = {
@@ -43,15 +44,6 @@ def mc_index(output: Any) -> int | None:
     return None
 
 
-def count_options(prompt: str) -> int:
-    """How many '0. ', '1. ', ... option lines a multiple-choice prompt lists (0: none found)."""
-    numbers = {int(m) for m in re.findall(r"(?m)^\s*(\d{1,3})\.\s", prompt)}
-    n = 0
-    while n in numbers:
-        n += 1
-    return n
-
-
 def _mc_problem(output: Any) -> str | None:
     index = mc_index(output)
     if index is None:
@@ -67,7 +59,7 @@ def mc_range_note(row: dict[str, Any]) -> str | None:
     the user's) but said out loud."""
     if row.get("task_type") != "multiple-choice" or not isinstance(row.get("input_field"), str):
         return None
-    index, n = mc_index(row.get("output_field")), count_options(row["input_field"])
+    index, n = mc_index(row.get("output_field")), count_mc_options(row["input_field"])
     if index is None or not n or index < n:
         return None
     return f"answer {index} is not one of the {n} options 0..{n - 1} its input_field lists"
