@@ -67,7 +67,7 @@ def test_full_factorial_crosses_diversity_rank_and_seed(repo):
 # The study's designs on real data (sweeps/real/, sweeps/real_small.yaml)
 
 REAL = ["real/capability_ablation", "real/task_ablation", "real/rank_x_domains", "real_small"]
-DEV_LIKE = "tests/fixtures/shopbench_dev_like/development.json"
+DEV_LIKE = "tests/fixtures/organisers_layout/eighteen_tasks.json"
 EC_GUIDE_FILES = {"SPA", "SAP", "PE", "ERK", "NER", "RRS", "QPRP", "RRA", "MT", "MDM"}
 
 

@@ -20,7 +20,7 @@ import yaml
 from harness.config import absolute_paths, load_sweep, local_paths, validate_sweep
 from harness.sweep import _node_probe
 
-DEV_LIKE = Path(__file__).resolve().parent / "fixtures" / "shopbench_dev_like" / "development.json"
+DEV_LIKE = Path(__file__).resolve().parent / "fixtures" / "organisers_layout" / "eighteen_tasks.json"
 
 
 def test_every_local_path_becomes_absolute_against_the_current_directory(tmp_path, monkeypatch):

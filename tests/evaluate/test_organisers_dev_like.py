@@ -17,8 +17,8 @@ import sacrebleu
 from harness.cli import app
 from harness.evaluate.score_cli import score_files
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "shopbench_dev_like"
-BENCH = FIXTURE / "development.json"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "organisers_layout"
+BENCH = FIXTURE / "eighteen_tasks.json"
 TRACKS = 4
 
 
