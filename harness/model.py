@@ -156,16 +156,9 @@ def pretrain_tiny(model, tokenizer, recipe: dict[str, Any] = TINY_PRETRAIN) -> l
     return losses
 
 
-# The pretrained builtin:tiny ships inside the package (3.5 MB), so a cold cache copies it instead of
-# pretraining for minutes on a laptop CPU. It is used only while its fingerprint matches the recipe
-# and world above (a test checks they agree); any change pretrains here, and
-# `python -m harness.model --ship-tiny` refreshes the shipped copy.
-SHIPPED_TINY = Path(__file__).parent / "builtin_models" / "tiny"
-
-
 def ensure_tiny() -> Path:
-    """Path of the pretrained builtin:tiny: the shipped copy when it matches the recipe, else built
-    once here (file-locked against concurrent trials); cached under the user cache dir either way."""
+    """Path of the pretrained builtin:tiny, built once here (file-locked against concurrent trials)
+    and cached under the user cache dir by its fingerprint (recipe + world)."""
     from filelock import FileLock
 
     target = cache_dir() / "models" / f"tiny-{tiny_fingerprint()}"
@@ -177,21 +170,13 @@ def ensure_tiny() -> Path:
             return target
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        if shipped_tiny_matches():
-            shutil.copytree(SHIPPED_TINY, tmp)
-        else:
-            _pretrain_into(tmp)
+        _pretrain_into(tmp)
         os.replace(tmp, target) if not target.exists() else None
     return target
 
 
-def shipped_tiny_matches() -> bool:
-    done = SHIPPED_TINY / "done.json"
-    return done.is_file() and json.loads(done.read_text()).get("fingerprint") == tiny_fingerprint()
-
-
 def _pretrain_into(directory: Path) -> None:
-    log.info("pretraining builtin:tiny once (the shipped copy does not match this recipe)")
+    log.info("pretraining builtin:tiny once (about 2-3 minutes on 2 CPU cores; cached after)")
     tokenizer = build_tiny_tokenizer(TINY_PRETRAIN["world_seed"])
     model = build_tiny_model(len(tokenizer), seed=TINY_PRETRAIN["seed"])
     losses = pretrain_tiny(model, tokenizer)
@@ -199,14 +184,6 @@ def _pretrain_into(directory: Path) -> None:
     tokenizer.save_pretrained(directory)
     (directory / "done.json").write_text(json.dumps({"fingerprint": tiny_fingerprint(),
                                                      "first_loss": losses[0], "final_loss": losses[-1]}))
-
-
-def ship_tiny() -> Path:
-    """Copy the cached (or freshly pretrained) builtin:tiny into the package, for release."""
-    source = ensure_tiny()
-    shutil.rmtree(SHIPPED_TINY, ignore_errors=True)
-    shutil.copytree(source, SHIPPED_TINY)
-    return SHIPPED_TINY
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,12 +274,3 @@ def _torch_dtype(dtype: str, device: str):
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return getattr(torch, dtype)
-
-
-if __name__ == "__main__":  # python -m harness.model --ship-tiny
-    import sys
-
-    if sys.argv[1:] != ["--ship-tiny"]:
-        raise SystemExit("usage: python -m harness.model --ship-tiny")
-    logging.basicConfig(level=logging.INFO)
-    print(ship_tiny())
