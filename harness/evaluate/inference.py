@@ -48,24 +48,9 @@ def generate_responses(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *
     prompts = [format_prompt(r["input_field"], tokenizer, fmt) for r in rows]
     responses = [""] * len(rows)
     with _left_sided(tokenizer):
-        if mc_answer == "option_text":
-            texts = {i: option_texts(r["input_field"]) for i, r in enumerate(rows) if r["task_type"] == MC}
-            fast = {i: opts for i, opts in texts.items() if opts}
-            choices = answer_by_option_text(model, tokenizer, [prompts[i] for i in fast], list(fast.values()),
-                                            batch_size=batch_size, device=device,
-                                            max_prompt_tokens=max_prompt_tokens)
-            for i, choice in zip(fast, choices):
-                responses[i] = str(choice)
-            fast = dict.fromkeys(fast)  # answered: generation skips them
-        else:
-            fast = mc_option_rows(rows, prompts, tokenizer) if mc_logits else {}
-        if fast and mc_answer == "digit":
-            idx = sorted(fast, key=lambda i: len(prompts[i]))
-            choices = answer_by_option_logits(model, tokenizer, [prompts[i] for i in idx],
-                                              [fast[i] for i in idx], batch_size=batch_size,
-                                              device=device, max_prompt_tokens=max_prompt_tokens)
-            for i, choice in zip(idx, choices):
-                responses[i] = str(choice)
+        fast = _answer_multiple_choice(model, tokenizer, rows, prompts, responses, mc_logits=mc_logits,
+                                       mc_answer=mc_answer, batch_size=batch_size, device=device,
+                                       max_prompt_tokens=max_prompt_tokens)
         rest = [i for i in range(len(rows)) if i not in fast]
         generate = partial(_generate_batch, model, tokenizer, device=device,
                            max_prompt_tokens=max_prompt_tokens)
@@ -74,6 +59,29 @@ def generate_responses(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *
         for i, text in zip(rest, texts):
             responses[i] = text
     return responses
+
+
+def _answer_multiple_choice(model: Any, tokenizer: Any, rows: list[dict[str, Any]], prompts: list[str],
+                            responses: list[str], *, mc_logits: bool, mc_answer: McAnswer, batch_size: int,
+                            device: str, max_prompt_tokens: int) -> set[int]:
+    """Fill in the responses of the multiple-choice rows a one-forward path answers (option texts by
+    likelihood, or digit logits); the indices it answered, which generation then skips."""
+    if mc_answer == "option_text":
+        options = {i: option_texts(r["input_field"]) for i, r in enumerate(rows) if r["task_type"] == MC}
+        idx = [i for i, opts in options.items() if opts]
+        choices = answer_by_option_text(model, tokenizer, [prompts[i] for i in idx], [options[i] for i in idx],
+                                        batch_size=batch_size, device=device, max_prompt_tokens=max_prompt_tokens)
+    elif mc_logits:
+        digits = mc_option_rows(rows, prompts, tokenizer)
+        idx = sorted(digits, key=lambda i: len(prompts[i]))
+        choices = answer_by_option_logits(model, tokenizer, [prompts[i] for i in idx], [digits[i] for i in idx],
+                                          batch_size=batch_size, device=device,
+                                          max_prompt_tokens=max_prompt_tokens)
+    else:
+        return set()
+    for i, choice in zip(idx, choices):
+        responses[i] = str(choice)
+    return set(idx)
 
 
 def respond_by_task_type(rows: Sequence[dict[str, Any]], prompts: Sequence[str],
@@ -173,25 +181,21 @@ def answer_by_option_text(model: Any, tokenizer: Any, prompts: Sequence[str], op
                           batch_size: int, device: str, max_prompt_tokens: int = 1024) -> list[int]:
     """For each prompt, the option whose text (then EOS) has the highest summed log-probability as
     the continuation: lm-eval's multiple-choice scoring by continuation likelihood."""
-    seqs, owner = [], []
-    for i, (prompt, opts) in enumerate(zip(prompts, options)):
+    seqs = []
+    for prompt, opts in zip(prompts, options):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         for text in opts:
             answer = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
             keep = max(_prompt_budget(model, max_prompt_tokens, len(answer)), 1)
             seqs.append((prompt_ids[-keep:], answer))
-            owner.append(i)
-    scores = [_continuation_logprob(model, seqs[k : k + batch_size], tokenizer.pad_token_id, device)
-              for k in range(0, len(seqs), batch_size)]
-    flat = [x for chunk in scores for x in chunk]
-    best: dict[int, tuple[float, int]] = {}
-    counts: dict[int, int] = {}
-    for i, score in zip(owner, flat):
-        k = counts.get(i, 0)
-        counts[i] = k + 1
-        if i not in best or score > best[i][0]:
-            best[i] = (score, k)
-    return [best[i][1] for i in range(len(prompts))]
+    scores = [score for k in range(0, len(seqs), batch_size)
+              for score in _continuation_logprob(model, seqs[k : k + batch_size], tokenizer.pad_token_id, device)]
+    choices, start = [], 0
+    for opts in options:  # each prompt's options are consecutive in `scores`; the first best wins a tie
+        mine = scores[start : start + len(opts)]
+        choices.append(mine.index(max(mine)))
+        start += len(opts)
+    return choices
 
 
 def _continuation_logprob(model: Any, seqs: list[tuple[list[int], list[int]]], pad_id: int,
