@@ -52,8 +52,8 @@ def run_trial(spec: TrialSpec, results_dir: Path, *, device: str | None = None,
     """Run one trial end to end and write its record; never raises for a failed trial.
 
     `wandb` is the sweep's W&B block (default: offline, project divcap). `ranks` > 1 trains
-    data-parallel: this process is rank 0 and starts ranks-1 helper processes (harness.distributed; on CUDA, rank r uses the r-th visible GPU). Only rank 0 evaluates, logs
-    and writes. `meta` is merged into the record's meta (the driver adds the Ray node id). A BaseException that
+    data-parallel: this process is rank 0 and starts ranks-1 helper processes (harness.distributed;
+    on CUDA, rank r uses the r-th visible GPU). Only rank 0 evaluates, logs and writes. `meta` is merged into the record's meta (the driver adds the Ray node id). A BaseException that
     is not an Exception (the scheduler stopping the trial, Ctrl-C) writes no record: whoever stopped
     the trial records why."""
     results_dir = Path(results_dir)
