@@ -4,7 +4,7 @@
     python bench/eval_throughput.py --model-shape qwen2.5-0.5b --device cuda --per-subtask 48 \\
         --plain-limit 32 --repeats 2 --out eval_throughput_h200.json      # a GPU machine, 2-5 min
 
-Paths, all greedy and with the per-task-type new-token budgets of `harness.prompting.MAX_NEW_TOKENS`:
+Paths, all greedy and with the per-task-type new-token budgets of `harness.data.prompting.MAX_NEW_TOKENS`:
   plain      one `model.generate` per question (batch 1), the naive loop
   batched    `generate_responses`: task-type groups, length-sorted, left-padded batches
   mc-logits  `generate_responses(mc_logits=True)`: multiple-choice rows from one forward pass over the
@@ -32,20 +32,20 @@ from typing import Any
 
 import torch
 
-from harness.config import EvalSpec, TrainSpec
-from harness.data import build_eval_sets
+from harness.data.mixture import build_eval_sets
+from harness.data.prompting import MAX_NEW_TOKENS, format_prompt
 from harness.evaluate.inference import count_options, generate_responses
-from harness.prompting import MAX_NEW_TOKENS, format_prompt
+from harness.spec.schema import EvalSpec, TrainSpec
 
 FMT = "raw"  # builtin:tiny has no chat template; the random shapes use its tokenizer
 
 
 def load_model(args: argparse.Namespace):
     """(tokenizer, LoRA-wrapped model in eval mode, description)."""
-    from harness.model import load_base_model
     from harness.capacity.adapters import attach
-    from harness.config import AdapterSpec
-    from harness.train import train_adapter
+    from harness.model import load_base_model
+    from harness.spec.schema import AdapterSpec
+    from harness.training.loop import train_adapter
 
     tokenizer, tiny, _ = load_base_model("builtin:tiny")
     spec = TrainSpec(steps=max(args.lora_steps, 1), lr=3e-3, warmup_steps=2, micro_batch=16)
@@ -65,7 +65,7 @@ def load_model(args: argparse.Namespace):
 def random_model(shape_name: str, tokenizer: Any, device: str = "cpu"):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from harness.planning import model_shape
+    from harness.spec.estimate import model_shape
 
     shape = model_shape(shape_name)
     if shape is None:

@@ -107,7 +107,7 @@ BEST=(bucket+chunked+fused-adamw bucket+fused-ce+fused-adamw)
 step A-train-0.5b 120 python3 bench/train_throughput.py "${S05[@]}" "${DEV[@]}" --rank "${RANKS[@]}" "${N_A[@]}" \
     --configs "${BEST[@]}" --out "$OUT/train_05b.json"
 if [[ $SMOKE != 1 ]]; then  # GPU-marked tests: nothing to run on a CPU
-    step T-gpu-tests 45 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_fastloss.py tests/test_membudget.py
+    step T-gpu-tests 45 python3 -m pytest -q -p no:cacheprovider -m gpu tests/training/test_losses.py tests/training/test_micro_batch.py
 fi
 step C-train-7b 90 python3 bench/train_throughput.py "${S7[@]}" "${DEV[@]}" --rank 16 "${N_C[@]}" \
     --configs "${BEST[@]}" --out "$OUT/train_7b.json"

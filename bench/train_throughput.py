@@ -17,20 +17,20 @@ plain   what a transformers + peft user writes: batches in data order padded to 
         `model(**batch).loss` (full-vocabulary logits in fp32), torch's default AdamW.
 ours    the plain loop plus the levers named by the flags, or one configuration per `--configs` entry
         (levers joined by '+'), each in a freshly built model:
-          bucket       length-bucketed padded batches, as harness.train.make_batches pads
+          bucket       length-bucketed padded batches, as harness.training.loop.make_batches pads
           packing      each micro-batch packed into padding-free rows of at most --pack-length tokens
-                       (harness.train.collate_packed, first-fit decreasing; default the longest sample,
+                       (harness.training.loop.collate_packed, first-fit decreasing; default the longest sample,
                        as the trainer; 0: one row per micro-batch)
-          flex         attention through torch's flex_attention (harness.levers.attention_kernel): the
+          flex         attention through torch's flex_attention (harness.training.levers.attention_kernel): the
                        packed block mask skips cross-sample blocks, so packing runs one row
-          chunked      harness.fastloss.causal_lm_loss: LM head on labelled positions only, chunked,
+          chunked      harness.training.losses.causal_lm_loss: LM head on labelled positions only, chunked,
                        checkpointed (--loss chunked); fused-ce: the same with the gradient computed in
                        the forward pass (--loss fused); chunked-all: chunked over every position, to
                        measure what dropping the unlabelled ones saves (--loss chunked-all)
-          compile      torch.compile of every decoder layer (harness.levers.compile_decoder_layers)
+          compile      torch.compile of every decoder layer (harness.training.levers.compile_decoder_layers)
           fused-adamw  AdamW(fused=True)
-          grad-ckpt    activation checkpointing, non-reentrant (harness.levers.enable_activation_checkpointing)
-          auto-batch   micro-batch from harness.membudget.pick_micro_batch (a device probe), with
+          grad-ckpt    activation checkpointing, non-reentrant (harness.training.levers.enable_activation_checkpointing)
+          auto-batch   micro-batch from harness.training.micro_batch.pick_micro_batch (a device probe), with
                        gradient accumulation keeping --batch as the effective batch
 
 Printed per path: tokens/s (real tokens, not padding) and its ratio to plain, median step time, peak
@@ -136,7 +136,7 @@ def sample_examples(n: int, vocab: int, seed: int = 0, data: str = "synthetic", 
     """n instruction-length samples, cycled: the synthetic world's rows, or the rows of the ShopBench
     files matching the glob `data` (real instruction data, lengths that vary widely), tokenised by
     builtin:tiny's tokenizer or that of `tokenizer`; token ids drawn at random past its vocabulary."""
-    from harness.train import encode_example
+    from harness.training.loop import encode_example
 
     tok = _tiny_tokenizer() if tokenizer == "builtin:tiny" else _load_tokenizer(tokenizer)
     rng = random.Random(seed)
@@ -193,7 +193,7 @@ def _tiny_tokenizer():
 
 def make_steps(examples, batch: int, levers: Levers | None, seed: int = 0) -> list[list]:
     """The samples of each step. Plain (levers None): data order. Bucketed: sorted by length, cut into
-    batches, batches shuffled (harness.train.make_batches' padded mode). Every layout covers the same
+    batches, batches shuffled (harness.training.loop.make_batches' padded mode). Every layout covers the same
     samples, so the timed work is identical in tokens."""
     order = list(range(len(examples)))
     if levers is not None and levers.bucket and not levers.packing:
@@ -206,14 +206,14 @@ def make_steps(examples, batch: int, levers: Levers | None, seed: int = 0) -> li
 
 
 def collate_for(levers: Levers | None, pack_length: int):
-    from harness.train import collator
+    from harness.training.loop import collator
 
     packing = levers is not None and levers.packing
     return collator(packing, 0, None if (levers and levers.flex) or not pack_length else pack_length)
 
 
 def loss_for(levers: Levers | None, chunk_tokens: int):
-    from harness.fastloss import causal_lm_loss
+    from harness.training.losses import causal_lm_loss
 
     loss = "plain" if levers is None else levers.loss
     if loss == "plain":
@@ -284,11 +284,11 @@ def flops_per_token(shape: ModelShape, mean_len: float) -> float:
 
 def run_path(model, steps: list[list], levers: Levers | None, args, device: str, rank: int) -> dict[str, Any]:
     """Warm up on the first --warmup steps, then time every step; one optimiser step per effective batch."""
-    from harness import levers as lv_mod
+    from harness.training import levers as lv_mod
 
     lv = levers or Levers()
     if lv.flex:  # a fresh model per configuration: nothing to put back
-        from harness.fastloss import unwrap_causal_lm
+        from harness.training.losses import unwrap_causal_lm
 
         unwrap_causal_lm(model).set_attn_implementation("flex_attention")
     if lv.grad_ckpt:
@@ -331,8 +331,8 @@ def run_path(model, steps: list[list], levers: Levers | None, args, device: str,
 
 def _auto_micro_batch(model, steps, collate, loss_fn, device, args, levers: Levers,
                       rank: int) -> tuple[int, int, float]:
-    """What the trainer does for micro_batch: auto (harness.membudget.auto_micro_batch)."""
-    from harness.membudget import GIB, auto_micro_batch
+    """What the trainer does for micro_batch: auto (harness.training.micro_batch.auto_micro_batch)."""
+    from harness.training.micro_batch import GIB, auto_micro_batch
 
     batch = len(steps[0])
     longest = sorted((e for chunk in steps for e in chunk), key=lambda e: -len(e.input_ids))
@@ -490,7 +490,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     logging.basicConfig(format="%(name)s: %(message)s")
-    logging.getLogger("harness.membudget").setLevel(logging.INFO)  # the auto-batch probes
+    logging.getLogger("harness.training.micro_batch").setLevel(logging.INFO)  # the auto-batch probes
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = measure(args)

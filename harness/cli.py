@@ -34,7 +34,7 @@ SetOpt = typer.Option(None, "--set", help="Override a field: --set train.steps=5
 
 
 def _load(sweep_file: Path, overrides: Optional[list[str]]):
-    from harness.config import load_sweep
+    from harness.spec.schema import load_sweep
 
     return load_sweep(sweep_file, overrides or [])
 
@@ -49,9 +49,9 @@ def plan(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
          diversity: str = typer.Option("n_domains", help="With --pilot: the diversity factor."),
          capacity: str = typer.Option("lora_rank", help="With --pilot: the capacity factor (log2).")):
     """Expand a sweep into trials and validate it, without running anything."""
-    from harness.planning import format_count, plan_summary
-    from harness.preflight import check_evaluation
-    from harness.sweep import planned_trials, unplanned_note, unplanned_records
+    from harness.spec.estimate import format_count, plan_summary
+    from harness.sweep.driver import planned_trials, unplanned_note, unplanned_records
+    from harness.sweep.preflight import check_evaluation
 
     spec = _load(sweep_file, set_)
     trials = planned_trials(spec)
@@ -130,7 +130,7 @@ def _gpu_share(spec) -> str:
 
 
 def _capacity_line(row: dict) -> str:
-    from harness.planning import format_count
+    from harness.spec.estimate import format_count
 
     if row["params"] is None:
         return f"{row['capacity']}: parameters unknown (custom target modules)"
@@ -147,7 +147,7 @@ def sweep(sweep_file: Path, set_: Optional[list[str]] = SetOpt,
           address: Optional[str] = typer.Option(None, help="Ray cluster: 'auto' or ray://host:port."),
           num_cpus: Optional[int] = typer.Option(None, help="CPUs for a local Ray (default: all).")):
     """Run every trial of a sweep on Ray Tune, then write scores.parquet."""
-    from harness.sweep import run_sweep, unplanned_note
+    from harness.sweep.driver import run_sweep, unplanned_note
 
     spec = _load(sweep_file, set_)
     outcome = run_sweep(spec, address=address, resume=resume, num_cpus=num_cpus)
@@ -168,8 +168,8 @@ def trial(sweep_file: Path, index: int = typer.Option(0, help="Trial index from 
                                               "or one per GPU of resources.gpu).")):
     """Run one trial of a sweep in this process (plus its data-parallel ranks), without Ray."""
     from harness.model import resolve_model_path
-    from harness.sweep import planned_trials
-    from harness.trial import run_trial
+    from harness.sweep.driver import planned_trials
+    from harness.trial.run import run_trial
 
     spec = _load(sweep_file, set_)
     trials = planned_trials(spec)
@@ -250,8 +250,8 @@ def data_show(sweep_file: Path, set_: Optional[list[str]] = SetOpt):
     """Print each cell's mixture: rows per subtask and diversity measures (the Vendi score embeds a
     sample of each mixture; --set data.embedding_diversity_sample=0 skips it). Reads and fills the
     sweep's mixture cache (<results>/mixtures/) when the results directory exists."""
-    from harness.config import expand_trials
-    from harness.data import build_eval_sets, load_or_build_mixture, mixture_key
+    from harness.data.mixture import build_eval_sets, load_or_build_mixture, mixture_key
+    from harness.spec.schema import expand_trials
 
     spec = _load(sweep_file, set_)
     eval_sets = build_eval_sets(spec.eval, spec.data)

@@ -15,8 +15,8 @@ import yaml
 from cli_runner import run_cli
 
 from harness import results
-from harness.config import load_sweep
-from harness.sweep import planned_trials, report_unreadable, write_resolved_spec
+from harness.spec.schema import load_sweep
+from harness.sweep.driver import planned_trials, report_unreadable, write_resolved_spec
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "smoke_results"

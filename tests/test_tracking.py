@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from wandb_readback import history, offline_runs, run_header, run_summary
 
-from harness.config import WandbSpec, expand_trials, validate_sweep
 from harness.results import TrialStatus, read_record
+from harness.spec.schema import WandbSpec, expand_trials, validate_sweep
 from harness.tracking import (TrialLogger, shutdown_service, start_trial_run, trial_config,
                               wandb_run_id)
-from harness.trial import run_trial
+from harness.trial.run import run_trial
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "smoke_results"
 

@@ -1,7 +1,7 @@
 """The capacity part of the sweep schema: the capacity block, one trial's resolved AdapterSpec, and
 the CapacityGrid view of a sweep that capacity resolution reads.
 
-They sit below harness.config (which re-exports them), so the capacity package never imports the
+They sit below harness.spec.schema (which re-exports them), so the capacity package never imports the
 sweep schema: config expands and validates sweeps by calling harness.capacity.settings, never the
 other way round. The family name is checked against the registry (harness.capacity.registry).
 """
@@ -30,7 +30,7 @@ FamilyName = Annotated[str, AfterValidator(_known_family)]  # a name in the fami
 TargetModules = Union[Literal["all-linear", "attention", "mlp"], list[str]]
 
 
-class CapacitySpec(StrictModel):  # as harness.config.Spec, which sits above this module
+class CapacitySpec(StrictModel):  # as harness.spec.schema.Spec, which sits above this module
     """How trainable capacity is added to the frozen base model: the defaults of every setting in
     grid.capacity (which varies them) and, with match_params, the parameter budgets to match."""
 
@@ -91,7 +91,7 @@ def budget_rank(label: str) -> int | None:
     return int(label[1:]) if label[:1] == "r" and label[1:].isdigit() and int(label[1:]) > 0 else None
 
 
-class AdapterSpec(StrictModel):  # as harness.config.Spec, which sits above this module
+class AdapterSpec(StrictModel):  # as harness.spec.schema.Spec, which sits above this module
     """One trial's resolved capacity setting (what the trainer builds)."""
 
     family: FamilyName = "lora"
@@ -130,7 +130,7 @@ CellSets = list[tuple[list[str], list[str]]]  # the grid's (domains, subtasks) d
 
 @dataclass(frozen=True)
 class CapacityGrid:
-    """What capacity resolution reads from a sweep (harness.config.capacity_grid builds it), so that
+    """What capacity resolution reads from a sweep (harness.spec.schema.capacity_grid builds it), so that
     harness.capacity.settings needs nothing from the sweep schema above it."""
 
     base_model: str

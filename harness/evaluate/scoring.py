@@ -22,10 +22,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.data.prompting import render_answer
 from harness.errors import InputError
 from harness.evaluate.metrics import get_metric
 from harness.evaluate.parsers import parse_response
-from harness.prompting import render_answer
 from harness.tasks.schema import normalise_row, row_problems
 
 DEFAULT_TRACK = "default"

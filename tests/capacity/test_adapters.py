@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from harness.capacity.adapters import attach, load_adapted, read_spec
-from harness.config import AdapterSpec, TrainSpec
 from harness.model import load_base_model
+from harness.spec.schema import AdapterSpec, TrainSpec
 from harness.tasks import synthetic
-from harness.train import train_adapter
+from harness.training.loop import train_adapter
 
 GROUPS = dict(groups={"concept": ["concept"], "reasoning": ["reasoning"]}, group_by="domain")
 SPECS = {
@@ -107,7 +107,7 @@ def test_multi_lora_routes_evaluation_rows():
 
 
 def test_batches_never_mix_groups(rows):
-    from harness.train import encode_example, make_batches
+    from harness.training.loop import encode_example, make_batches
 
     tokenizer, _, _ = load_base_model("builtin:tiny")
     examples = [encode_example(r, tokenizer, "raw", 128, group=r["domain"]) for r in rows]

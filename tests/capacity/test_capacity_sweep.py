@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import load_sweep
 from harness.results import load_records
-from harness.sweep import planned_trials, run_sweep
+from harness.spec.schema import load_sweep
+from harness.sweep.driver import planned_trials, run_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -39,9 +39,9 @@ def test_every_family_trains_and_records_its_capacity(finished):
 
 def test_reloaded_adapters_score_what_the_trials_recorded(finished):
     from harness.capacity.adapters import load_adapted
-    from harness.data import build_eval_sets
+    from harness.data.mixture import build_eval_sets
     from harness.model import load_base_model
-    from harness.trial import evaluate_model
+    from harness.trial.run import evaluate_model
 
     spec, outcome = finished
     records, _ = load_records(outcome.results_dir)

@@ -10,8 +10,8 @@ from torch import nn
 
 from harness.capacity.adapters import attach
 from harness.capacity.mole import MoleLinear, balance_loss, mole_layers
-from harness.config import AdapterSpec
 from harness.model import load_base_model
+from harness.spec.schema import AdapterSpec
 
 
 def _linear(d_in=16, d_out=12, seed=0):

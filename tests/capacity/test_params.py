@@ -6,9 +6,9 @@ import pytest
 
 from harness.capacity.adapters import attach
 from harness.capacity.params import adapter_params, match_rank
-from harness.config import AdapterSpec
 from harness.model import load_base_model
 from harness.shapes import model_shape
+from harness.spec.schema import AdapterSpec
 
 TINY = model_shape("builtin:tiny")  # hidden 128, kv 64 (4 heads, 2 kv heads), mlp 352, 4 layers
 # (in + out) summed over one layer's projections: q 128+128, k 128+64, v 128+64, o 128+128,

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from harness.config import expand_trials, validate_sweep
 from harness.errors import InputError
+from harness.spec.schema import expand_trials, validate_sweep
 
 BASE = {"name": "cap", "grid": {"domains": {"sets": [["concept"], ["concept", "reasoning"]]}}}
 

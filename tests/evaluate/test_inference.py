@@ -8,9 +8,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from harness.config import EvalSpec  # noqa: E402
-from harness.data import build_eval_sets  # noqa: E402
+from harness.data.mixture import build_eval_sets  # noqa: E402
 from harness.evaluate import inference  # noqa: E402
+from harness.spec.schema import EvalSpec  # noqa: E402
 from harness.evaluate.inference import (  # noqa: E402
     count_options,
     digit_token_ids,
@@ -18,7 +18,7 @@ from harness.evaluate.inference import (  # noqa: E402
     mc_option_rows,
     respond_by_task_type,
 )
-from harness.prompting import MAX_NEW_TOKENS, format_prompt  # noqa: E402
+from harness.data.prompting import MAX_NEW_TOKENS, format_prompt  # noqa: E402
 
 MC_PROMPT = "Which is a fruit?\n0. chair\n1. apple\n2. lamp\n3. sock\nAnswer: "
 
@@ -186,11 +186,11 @@ def test_mc_logits_agrees_with_generation_after_lora_training(tiny):
     """The same agreement on a briefly fine-tuned model (its own answers, no bias); ~6 s on a CPU thread."""
     import copy
 
-    from harness.config import TrainSpec
-    from harness.tasks import registry, synthetic
     from harness.capacity.adapters import attach
-    from harness.config import AdapterSpec
-    from harness.train import train_adapter
+    from harness.spec.schema import TrainSpec
+    from harness.spec.schema import AdapterSpec
+    from harness.tasks import registry, synthetic
+    from harness.training.loop import train_adapter
 
     tok, base = tiny
     spec = TrainSpec(steps=30, lr=3e-3, warmup_steps=2, micro_batch=16)
@@ -216,8 +216,8 @@ def _unpadded_logprob(model, tok, prompt: str, text: str) -> float:
 
 
 def test_option_text_answers_pick_the_likeliest_continuation_whatever_the_padding(tiny, heldout):
+    from harness.data.prompting import option_texts
     from harness.evaluate.inference import answer_by_option_text
-    from harness.prompting import option_texts
 
     tok, model = tiny
     rows = [r for r in heldout if r["task_type"] == "multiple-choice"][:8]

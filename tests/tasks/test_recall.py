@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import available_subtasks, expand_trials, validate_sweep
-from harness.data import build_eval_sets, load_or_build_mixture
+from harness.data.mixture import build_eval_sets, load_or_build_mixture
 from harness.errors import InputError
+from harness.spec.schema import available_subtasks, expand_trials, validate_sweep
 from harness.tasks.recall import N_VALUES, recall_rows, recall_subtasks
 
 RECALL = {"name": "r", "base_model": "builtin:tiny",

@@ -353,7 +353,7 @@ def test_spec_cross_field_problems():
 
 
 def test_sweep_data_sources_are_source_specs():
-    from harness.config import DataSpec
+    from harness.spec.schema import DataSpec
 
     data = DataSpec(sources=["builtin:synthetic", {"kind": "shopbench", "domain": "concept",
                     "path": "../shared/data/ec_guide/EC-Guide/MCQ/SPA.json", "subtask": "ec_spa"}])

@@ -1,0 +1,1 @@
+"""The sweep: the Ray Tune driver (`driver`) and the checks before launch (`preflight`)."""

@@ -1,0 +1,544 @@
+"""One trial, no Ray: build data -> load base model -> LoRA fine-tune -> evaluate -> write a record.
+
+    record = run_trial(trial_spec, Path("results/smoke"))
+
+Reads top to bottom as setup -> train -> evaluate -> save. Every failure (an exception, a NaN loss,
+out of memory twice) still ends in a record with status `failed` and the reason, written atomically,
+so a sweep can go on and the report can say what went wrong. Ray (sweep.py) is a thin adapter on top.
+
+Artifacts: the LoRA adapter only (peft `save_pretrained`, no base weights, no optimiser state), in
+`<results>/adapters/<trial_id>/`; intermediate ones in `step-<N>/` below it when the sweep keeps more
+than one (`train.keep_checkpoints`, `train.checkpoint_every`). With `train.eval_every`, a held-out
+loss is measured during training and reported (Ray Tune's ASHA scheduler stops trials on it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from harness.errors import InputError
+from harness.spec.schema import TrainSpec, TrialSpec, WandbSpec, budget_steps
+from harness.results import (DataInfo, EvalResult, RunInfo, TrainInfo, TrialRecord, TrialStatus,
+                             read_record, write_record)
+
+log = logging.getLogger(__name__)
+Reporter = Callable[[dict[str, Any]], None]
+
+PACKAGES = ("torch", "transformers", "peft", "ray", "wandb", "divcap-harness")
+
+
+def trial_dir(results_dir: Path, spec: TrialSpec) -> Path:
+    return Path(results_dir) / ("baseline" if spec.kind == "baseline" else "trials")
+
+
+def adapter_dir(results_dir: Path, spec: TrialSpec) -> Path:
+    return Path(results_dir) / "adapters" / spec.trial_id
+
+
+def run_trial(spec: TrialSpec, results_dir: Path, *, device: str | None = None,
+              reporter: Reporter | None = None, wandb: WandbSpec | None = None,
+              meta: dict[str, Any] | None = None, ranks: int = 1) -> TrialRecord:
+    """Run one trial end to end and write its record; never raises for a failed trial.
+
+    `wandb` is the sweep's W&B block (default: offline, project divcap). `ranks` > 1 trains
+    data-parallel: this process is rank 0 and starts ranks-1 helper processes (harness.training.ranks;
+    on CUDA, rank r uses the r-th visible GPU). Only rank 0 evaluates, logs and writes. `meta` is merged into the record's meta (the driver adds the Ray node id). A BaseException that
+    is not an Exception (the scheduler stopping the trial, Ctrl-C) writes no record: whoever stopped
+    the trial records why."""
+    results_dir = Path(results_dir)
+    device = device or select_device()
+    if ranks > 1 and device.startswith("cuda"):
+        device = "cuda:0"  # rank r trains on cuda:r of the visible GPUs
+    logger = _start_logger(spec, results_dir, wandb or WandbSpec())
+    started, record = time.perf_counter(), None
+    try:
+        try:
+            record = _execute(spec, device, logger, reporter, results_dir, ranks)
+        except Exception as exc:  # noqa: BLE001 - the record carries the reason
+            record = _failed_record(spec, exc)
+            log.error("trial %s failed: %s", spec.trial_id, record.train.reason)
+            traceback.clear_frames(exc.__traceback__)  # the frames hold the model (and GPU memory)
+        record.train.wall_s = record.train.wall_s or time.perf_counter() - started
+        record.meta.update(run_meta(device))
+        record.meta.update(meta or {})
+        if ranks > 1:
+            record.meta["ranks"] = ranks  # tokens/s is the total over ranks; peak memory is rank 0's
+        save_record(record, trial_dir(results_dir, spec))
+    finally:
+        _finish_logger(logger, record)
+        _release(device)  # the model is out of scope here: the next trial on this worker starts clean
+    return record
+
+
+def save_record(record: TrialRecord, directory: Path) -> Path:
+    """Write a record atomically, keyed by trial id, so a rewrite replaces and never duplicates.
+
+    A failed or cancelled record never replaces a successful one: a stale worker of a killed driver,
+    or a failed re-run, cannot hide a result that exists."""
+    path = Path(directory) / f"{record.run.trial_id}.json"
+    if not record.ok and path.exists():
+        try:
+            existing = read_record(path)
+        except InputError:
+            existing = None
+        if existing is not None and existing.ok:
+            log.warning("trial %s: keeping its successful record; not replacing it with a %s one (%s)",
+                        record.run.trial_id, record.train.status.value, record.train.reason)
+            return path
+    return write_record(record, directory)
+
+
+def inject_fault(spec: TrialSpec, stage: str) -> None:
+    """Deliberate faults for testing the driver's fault handling, from HARNESS_FAULTS.
+
+    HARNESS_FAULTS="kill:<trial-id prefix>,raise:<prefix>,oom:<prefix>,nan:<prefix>,diverge:<prefix>":
+    kill SIGKILLs the worker process at the start of training; raise raises; oom raises
+    torch.OutOfMemoryError on the first training attempt only (the retry then succeeds); nan makes the
+    model's logits NaN, so the training loss really becomes NaN; diverge flips the gradients' sign, so
+    the loss climbs without a NaN (a run going wrong that early stopping should catch). The last two
+    act on the model: see `_inject_model_faults`.
+    """
+    if not _fault_matches(spec, stage):
+        return
+    if stage == "kill":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    if stage == "raise":
+        raise RuntimeError(f"injected fault (HARNESS_FAULTS={os.environ['HARNESS_FAULTS']})")
+    if stage == "oom":
+        import torch
+
+        raise torch.OutOfMemoryError("injected out-of-memory (HARNESS_FAULTS)")
+
+
+def _fault_matches(spec: TrialSpec, kind: str) -> bool:
+    for item in filter(None, (f.strip() for f in os.environ.get("HARNESS_FAULTS", "").split(","))):
+        name, _, prefix = item.partition(":")
+        if name == kind and prefix and spec.trial_id.startswith(prefix):
+            return True
+    return False
+
+
+def _inject_model_faults(adapted: Any, spec: TrialSpec) -> None:
+    """nan: NaN logits, so the real loss check sees a real NaN; diverge: gradient ascent."""
+    if _fault_matches(spec, "nan"):
+        head = adapted.base_model().get_output_embeddings()
+        head.register_forward_hook(lambda _module, _inputs, out: out * float("nan"))
+    if _fault_matches(spec, "diverge"):
+        for param in adapted.trainable_parameters():
+            param.register_hook(lambda grad: -grad)
+
+
+def _execute(spec: TrialSpec, device: str, logger, reporter: Reporter | None,
+             results_dir: Path, ranks: int = 1) -> TrialRecord:
+    from harness.capacity.adapters import attach
+
+    eval_sets, tokenizer, model, info, fmt = _trial_inputs(spec, device)
+    data_info, train_info, artifacts = DataInfo(), TrainInfo(status=TrialStatus.SUCCESS), {}
+    if spec.kind == "trial":
+        run = TrainingRun(spec, tokenizer, fmt, device, results_dir, ranks)
+        model, data_info, train_info, artifacts = run.train(model, eval_sets, info.revision, logger, reporter)
+    else:
+        model = attach(model, None)  # the baseline: no adapter
+    evals = evaluate_model(model, tokenizer, eval_sets, spec, fmt, device)
+    if spec.kind == "baseline":  # the report's floor: what the answer format alone scores
+        from harness.evaluate.scoring import format_floor
+
+        artifacts = {**artifacts, "format_floor": {name: format_floor(rows) for name, rows in eval_sets.items()}}
+    return TrialRecord(
+        run=RunInfo(trial_id=spec.trial_id, cell_id=spec.cell_id, kind=spec.kind, sweep=spec.sweep,
+                    factors=spec.factors),
+        data=data_info, train=train_info, eval=evals,
+        meta={"base_model": info.model_id, "base_model_revision": info.revision,
+              "base_model_params": info.n_params, "prompt_format": fmt,
+              "mc_logits": spec.eval.mc_logits, **artifacts},
+    )
+
+
+def _trial_inputs(spec: TrialSpec, device: str):
+    """(eval sets, tokenizer, base model, model info, prompt format), the random state seeded first:
+    what rank 0 and every helper rank of a trial start from, identically."""
+    import torch
+
+    from harness.data.mixture import build_eval_sets
+    from harness.data.prompting import resolve_format
+    from harness.model import load_base_model
+
+    torch.manual_seed(spec.seed)
+    eval_sets = build_eval_sets(spec.eval, spec.data)
+    tokenizer, model, info = load_base_model(spec.base_model, device=device, dtype=spec.train.dtype,
+                                             trust_remote_code=spec.trust_remote_code)
+    return eval_sets, tokenizer, model, info, resolve_format(spec.eval.prompt_format, tokenizer)
+
+
+def _training_mixture(spec: TrialSpec, eval_sets: dict[str, list[dict[str, Any]]], tokenizer_id: str,
+                      results_dir: Path):
+    from harness.data.mixture import load_or_build_mixture
+
+    return load_or_build_mixture(spec.subtasks, spec.volume, spec.data, eval_sets, tokenizer_id=tokenizer_id,
+                                 cache_dir=Path(results_dir) / "mixtures")
+
+
+@dataclass
+class TrainingRun:
+    """The training half of a trial: mixture -> adapters trained (on `ranks` processes) -> saved,
+    and the record's data and train blocks."""
+
+    spec: TrialSpec
+    tokenizer: Any
+    fmt: str
+    device: str
+    results_dir: Path
+    ranks: int = 1
+
+    def train(self, model: Any, eval_sets: dict[str, list[dict[str, Any]]], tokenizer_id: str, logger,
+              reporter: Reporter | None) -> tuple[Any, DataInfo, TrainInfo, dict[str, Any]]:
+        import torch
+
+        from harness.training.ranks import launch_ranks
+
+        mixture = _training_mixture(self.spec, eval_sets, tokenizer_id, self.results_dir)
+        # train.epochs: the steps follow this mixture's size; helper ranks get the resolved spec
+        steps = budget_steps(self.spec.train, len(mixture.rows))
+        spec = self.spec = self.spec.model_copy(update={"train": self.spec.train.model_copy(update={"steps": steps})})
+        progress = Progress(spec=spec, tokenizer=self.tokenizer, fmt=self.fmt, device=self.device, logger=logger,
+                            reporter=reporter, rows=validation_rows(spec),
+                            adapters=adapter_dir(self.results_dir, spec))
+        payload = {"spec": spec.model_dump(mode="json"), "results_dir": str(self.results_dir)}
+        with launch_ranks(self.ranks, entry="harness.trial.run:train_rank", device=self.device,
+                          threads=torch.get_num_threads(), payload=payload) as dist:
+            model, result, retries = _train_with_oom_retry(model, self.tokenizer, mixture.rows, spec, self.fmt,
+                                                           self.device, progress, dist)
+        artifacts, adapter_bytes = progress.save_final(model)
+        stats = mixture.stats
+        data_info = DataInfo(fingerprint=mixture.fingerprint, examples=stats.examples,
+                             tokens=result.tokens_per_subtask, diversity=stats.diversity(),
+                             contaminated_removed=stats.contaminated_removed, skipped_rows=stats.skipped_rows)
+        train_info = TrainInfo(status=TrialStatus.SUCCESS, steps=result.steps, tokens=result.tokens,
+                               final_loss=result.final_loss, eval_loss=progress.final_eval_loss(model),
+                               wall_s=result.wall_s, tokens_per_s=result.tokens_per_s,
+                               peak_mem_mb=result.peak_mem_mb, trainable_params=result.trainable_params,
+                               adapter_bytes=adapter_bytes, loss_curve=result.loss_curve, retries=retries,
+                               layout=result.layout,
+                               **progress.curve_info())
+        return model, data_info, train_info, artifacts
+
+
+def evaluate_model(adapted: Any, tokenizer: Any, eval_sets: dict[str, list[dict[str, Any]]],
+                   spec: TrialSpec, fmt: str, device: str) -> dict[str, EvalResult]:
+    from harness.evaluate.scoring import score_responses
+
+    out = {}
+    for name, rows in eval_sets.items():
+        responses = respond(adapted, tokenizer, rows, spec, fmt, device)
+        out[name] = EvalResult.model_validate(score_responses(rows, responses).to_dict())
+    return out
+
+
+def respond(adapted: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: TrialSpec, fmt: str,
+            device: str) -> list[str]:
+    """Responses in row order, each row answered through the adapters its family routes it to."""
+    from harness.evaluate.inference import generate_responses
+    from harness.training.loop import group_rows
+
+    responses: list[str] = [""] * len(rows)
+    for group, members in group_rows(adapted, rows).items():
+        adapted.route(group)
+        answers = generate_responses(adapted.model, tokenizer, [rows[i] for i in members], fmt=fmt,
+                                     batch_size=spec.eval.batch_size, device=device,
+                                     mc_logits=spec.eval.mc_logits, mc_answer=spec.train.mc_answer)
+        for i, answer in zip(members, answers):
+            responses[i] = answer
+    return responses
+
+
+def train_rank(payload: dict[str, Any], dist) -> None:
+    """A helper rank of a data-parallel trial (harness.training.ranks): the same data, base model and
+    adapter as rank 0, trained in lockstep; it saves, evaluates and records nothing."""
+    from harness.capacity.adapters import attach
+    from harness.training.loop import train_adapter
+
+    spec = TrialSpec.model_validate(payload["spec"])
+    eval_sets, tokenizer, model, info, fmt = _trial_inputs(spec, dist.device)
+    mixture = _training_mixture(spec, eval_sets, info.revision, payload["results_dir"])
+    train_adapter(attach(model, spec.capacity), tokenizer, mixture.rows, spec.train, seed=spec.seed, fmt=fmt,
+               device=dist.device, dist=dist)
+
+
+def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, progress: "Progress", dist):
+    """Out of memory is retried with a smaller split of the same step: half the micro-batch and the
+    accumulation that keeps micro_batch x grad_accum exactly (the same examples, the same token-weighted
+    loss; see train.make_batches), down to micro-batch 1; then, with grad_checkpointing auto, with
+    activation checkpointing on. Each retry starts again from the adapter's initial weights, so the
+    run learns what that split learns from the start however far the failed attempt got; the record
+    lists the retries. Not with several ranks (they would have to retry in step)."""
+    import torch
+
+    from harness.capacity.adapters import attach
+    from harness.training.loop import train_adapter
+
+    model = attach(model, spec.capacity)
+    progress.start(model)
+    _inject_model_faults(model, spec)
+    initial = [p.detach().clone() for p in model.trainable_parameters()]  # the adapter is small
+    train_spec, retries = spec.train, []
+    while True:
+        try:
+            inject_fault(spec, "kill")
+            inject_fault(spec, "raise")
+            if not retries:
+                inject_fault(spec, "oom")
+            result = train_adapter(model, tokenizer, rows, train_spec, seed=spec.seed, fmt=fmt,
+                                device=device, on_log=progress, dist=dist)
+            return model, result, retries
+        except torch.OutOfMemoryError as exc:
+            smaller = None if dist.world > 1 else smaller_split(train_spec)
+            if smaller is None:
+                raise
+            traceback.clear_frames(exc.__traceback__)  # drop the failed step's activations
+            train_spec, change = smaller
+            retries.append(f"oom: {change}")
+            model.model.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for param, start in zip(model.trainable_parameters(), initial):
+                    param.copy_(start)
+            progress.restart()
+            _release(device)
+
+
+def smaller_split(train: TrainSpec) -> tuple[TrainSpec, str] | None:
+    """(the train spec to retry an out-of-memory with, what changed), or None when nothing is left:
+    half the micro-batch with the same examples per step, then activation checkpointing (auto)."""
+    from harness.training.micro_batch import split_effective_batch
+
+    micro = train.micro_batch
+    if isinstance(micro, int) and micro > 1:
+        effective = micro * train.grad_accum
+        new_micro, accum = split_effective_batch(effective, micro // 2)
+        return (train.model_copy(update={"micro_batch": new_micro, "grad_accum": accum}),
+                f"micro_batch {micro} -> {new_micro}, grad_accum {train.grad_accum} -> {accum}")
+    if train.grad_checkpointing == "auto":
+        return train.model_copy(update={"grad_checkpointing": True}), "activation checkpointing on"
+    return None
+
+
+def validation_rows(spec: TrialSpec) -> list[dict[str, Any]]:
+    """Rows for the training-time held-out loss (only with train.eval_every): the synthetic held-out
+    rows just past the ones evaluated, train.eval_rows per subtask of every domain. Never trained on
+    (another split), never scored (past eval.per_subtask), and one yardstick for every cell."""
+    if spec.kind != "trial" or spec.train.eval_every is None:
+        return []
+    from harness.tasks import registry, synthetic
+
+    start = spec.eval.per_subtask
+    return [row for sub in registry.all_subtasks()
+            for row in synthetic.generate_rows(sub.id, "heldout", start + spec.train.eval_rows,
+                                               seed=spec.data.world_seed)[start:]]
+
+
+@dataclass
+class Progress:
+    """What happens at each loss report: W&B, the held-out loss, the reporter (Ray Tune), and
+    intermediate adapters. Called by train_adapter as on_log(step, loss)."""
+
+    spec: TrialSpec
+    tokenizer: Any
+    fmt: str
+    device: str
+    logger: Any
+    reporter: Reporter | None
+    rows: list[dict[str, Any]]
+    adapters: Path
+    model: Any = None
+    eval_curve: list[tuple[int, float]] = field(default_factory=list)
+    saved: list[Path] = field(default_factory=list)
+
+    def start(self, model: Any) -> None:
+        self.model = model
+        self.restart()
+
+    @property
+    def staging(self) -> Path:
+        """Where an attempt keeps its intermediate adapters. The adapter directory itself is replaced
+        only when the final adapter is saved, so a re-run that fails never deletes the adapter that
+        the kept (successful) record points at."""
+        return self.adapters.with_name(self.adapters.name + ".partial")
+
+    def restart(self) -> None:
+        """A fresh attempt (also after an OOM retry): no stale adapters or losses from before."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.eval_curve, self.saved = [], []
+
+    def __call__(self, step: int, loss: float) -> None:
+        metrics: dict[str, Any] = {"step": step, "train_loss": loss}
+        every = self.spec.train.eval_every
+        if self.rows and every and step % every == 0:
+            metrics["eval_loss"] = self.held_out_loss(self.model, step)
+        self.logger.log({"train/loss": loss, **({"eval/loss": metrics["eval_loss"]}
+                                                if "eval_loss" in metrics else {})}, step=step)
+        self._maybe_checkpoint(step)
+        if self.reporter:
+            self.reporter(metrics)
+
+    def held_out_loss(self, model: Any, step: int) -> float:
+        from harness.training.loop import eval_loss
+
+        was_training = model.model.training
+        model.model.eval()  # no dropout: the loss is comparable across steps and consumes no random numbers
+        micro = self.spec.train.micro_batch  # what fits for training fits without gradients
+        value = eval_loss(model, self.tokenizer, self.rows, self.spec.train, fmt=self.fmt,
+                          device=self.device, batch_size=micro if isinstance(micro, int) else 8)
+        model.model.train(was_training)
+        self.eval_curve.append((step, value))
+        return value
+
+    def final_eval_loss(self, model: Any) -> float | None:
+        if not self.rows:
+            return None
+        if self.eval_curve and self.eval_curve[-1][0] == self.spec.train.steps:
+            return self.eval_curve[-1][1]
+        value = self.held_out_loss(model, self.spec.train.steps)
+        self.logger.log({"eval/loss": value}, step=self.spec.train.steps)
+        return value
+
+    def curve_info(self) -> dict[str, Any]:
+        return {"eval_loss_curve": self.eval_curve} if self.eval_curve else {}
+
+    def _maybe_checkpoint(self, step: int) -> None:
+        train = self.spec.train
+        if (train.checkpoint_every is None or train.keep_checkpoints < 2 or step % train.checkpoint_every
+                or step >= train.steps):
+            return
+        path = self.staging / f"step-{step:06d}"
+        self.model.save(path)
+        self.saved.append(path)
+        for old in self.saved[: -(train.keep_checkpoints - 1)]:  # the final adapter is the last kept
+            shutil.rmtree(old, ignore_errors=True)
+        self.saved = self.saved[-(train.keep_checkpoints - 1):]
+
+    def save_final(self, model: Any) -> tuple[dict[str, Any], int]:
+        """Save the final adapter (before evaluation: a crash there keeps the weights); returns the
+        record's artifact entries, as paths relative to the results directory, and its bytes on
+        disk (the final adapter alone, not the intermediate ones kept beside it). With
+        keep_checkpoints 0 the adapter is measured in a scratch directory, then dropped."""
+        if self.spec.train.keep_checkpoints < 1:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as scratch:
+                return {}, model.save(Path(scratch))
+        final = self.adapters.with_name(self.adapters.name + ".final")
+        shutil.rmtree(final, ignore_errors=True)
+        size = model.save(final)
+        for checkpoint in self.saved:
+            checkpoint.rename(final / checkpoint.name)
+        shutil.rmtree(self.adapters, ignore_errors=True)
+        final.rename(self.adapters)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.saved = [self.adapters / p.name for p in self.saved]
+        root = self.adapters.parent.parent
+        return {"adapter": str(self.adapters.relative_to(root)),
+                "adapter_checkpoints": [str(p.relative_to(root)) for p in self.saved]}, size
+
+
+def _failed_record(spec: TrialSpec, exc: BaseException) -> TrialRecord:
+    reason = f"{type(exc).__name__}: {exc}"
+    tb = traceback.format_exception(exc)
+    return TrialRecord(
+        run=RunInfo(trial_id=spec.trial_id, cell_id=spec.cell_id, kind=spec.kind, sweep=spec.sweep,
+                    factors=spec.factors),
+        train=TrainInfo(status=TrialStatus.FAILED, reason=reason),
+        meta={"traceback": "".join(tb[-6:])},
+    )
+
+
+def failed_record_for(spec: TrialSpec, reason: str, status: TrialStatus = TrialStatus.FAILED) -> TrialRecord:
+    """A record for a trial that died outside run_trial (killed worker, cancelled sweep)."""
+    return TrialRecord(
+        run=RunInfo(trial_id=spec.trial_id, cell_id=spec.cell_id, kind=spec.kind, sweep=spec.sweep,
+                    factors=spec.factors),
+        train=TrainInfo(status=status, reason=reason),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment and bookkeeping
+
+
+def select_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _release(device: str) -> None:
+    """Free accelerator memory (once nothing refers to the model) so the next attempt or the next
+    trial on this worker starts clean."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def run_meta(device: str) -> dict[str, Any]:
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"versions": versions, "device": _device_name(device), "host": platform.node(),
+            "python": platform.python_version(), **git_state()}
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def git_state() -> dict[str, Any]:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, timeout=5).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
+    return {"git_commit": commit or None, "git_dirty": dirty if commit else None}
+
+
+def _start_logger(spec: TrialSpec, results_dir: Path, wandb: WandbSpec):
+    from harness.tracking import start_trial_run, trial_config
+
+    config = trial_config(spec.factors, sweep=spec.sweep, kind=spec.kind, base_model=spec.base_model,
+                          cell_id=spec.cell_id, trial_id=spec.trial_id)
+    return start_trial_run(sweep=spec.sweep, trial_id=spec.trial_id, cell_id=spec.cell_id,
+                           name=spec.name, config=config, kind=spec.kind, project=wandb.project,
+                           entity=wandb.entity, mode=wandb.mode, root=results_dir, init_timeout=wandb.init_timeout)
+
+
+def _finish_logger(logger, record: TrialRecord | None) -> None:
+    if record is None:  # stopped from outside (scheduler, Ctrl-C): the stopper records why
+        logger.summary({"status": "interrupted"})
+        logger.finish(exit_code=1)
+        return
+    logger.log_record(record)  # scores, diversity, status: see harness.tracking
+    logger.finish(exit_code=0 if record.ok else 1)

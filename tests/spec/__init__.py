@@ -1,0 +1,1 @@
+"""Tests for harness.spec (a package so that test module names cannot collide)."""

@@ -1,0 +1,1 @@
+"""Tests for harness.sweep (a package so that test module names cannot collide)."""
