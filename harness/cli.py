@@ -34,7 +34,7 @@ SetOpt = typer.Option(None, "--set", help="Override a field: --set train.steps=5
 
 
 def _load(sweep_file: Path, overrides: Optional[list[str]]):
-    from harness.spec.schema import load_sweep
+    from harness.spec.load import load_sweep
 
     return load_sweep(sweep_file, overrides or [])
 
@@ -251,7 +251,7 @@ def data_show(sweep_file: Path, set_: Optional[list[str]] = SetOpt):
     sample of each mixture; --set data.embedding_diversity_sample=0 skips it). Reads and fills the
     sweep's mixture cache (<results>/mixtures/) when the results directory exists."""
     from harness.data.mixture import build_eval_sets, load_or_build_mixture, mixture_key
-    from harness.spec.schema import expand_trials
+    from harness.spec.expand import expand_trials
 
     spec = _load(sweep_file, set_)
     eval_sets = build_eval_sets(spec.eval, spec.data)

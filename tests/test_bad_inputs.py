@@ -166,7 +166,7 @@ def test_an_alias_bomb_is_refused(capsys, tmp_path):
 
 
 def test_an_unquoted_date_is_text_not_a_timestamp(tmp_path):
-    from harness.spec.schema import load_yaml_text
+    from harness.spec.load import load_yaml_text
 
     assert load_yaml_text("when: 2024-01-01") == {"when": "2024-01-01"}
 

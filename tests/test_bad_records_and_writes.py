@@ -15,7 +15,7 @@ import yaml
 from cli_runner import run_cli
 
 from harness import results
-from harness.spec.schema import load_sweep
+from harness.spec.load import load_sweep
 from harness.sweep.driver import planned_trials, report_unreadable, write_resolved_spec
 
 REPO = Path(__file__).resolve().parents[1]

@@ -93,8 +93,8 @@ def test_a_function_local_import_cycle_is_found(tmp_path):
 
 
 def test_config_no_longer_imports_capacity_from_inside_functions():
-    """The old hidden cycle: config <-> capacity.settings. Capacity sits below config now."""
+    """The old hidden cycle: the spec <-> capacity.settings. Capacity sits below the spec now."""
     graph = import_graph()
     capacity = {m for m in graph if m.startswith("harness.capacity")}
-    assert not any("harness.spec.schema" in graph[m] for m in capacity)
-    assert "harness.capacity.settings" in graph["harness.spec.schema"]
+    assert not any(t.startswith("harness.spec") for m in capacity for t in graph[m])
+    assert "harness.capacity.settings" in graph["harness.spec.expand"]

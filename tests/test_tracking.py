@@ -11,7 +11,9 @@ import pytest
 from wandb_readback import history, offline_runs, run_header, run_summary
 
 from harness.results import TrialStatus, read_record
-from harness.spec.schema import WandbSpec, expand_trials, validate_sweep
+from harness.spec.expand import expand_trials
+from harness.spec.load import validate_sweep
+from harness.spec.schema import WandbSpec
 from harness.tracking import (TrialLogger, shutdown_service, start_trial_run, trial_config,
                               wandb_run_id)
 from harness.trial.run import run_trial

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.spec.schema import baseline_trial, expand_trials, load_sweep
+from harness.spec.expand import baseline_trial, expand_trials
+from harness.spec.load import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 PINS = REPO / "tests" / "fixtures" / "shipped_trial_ids.json"

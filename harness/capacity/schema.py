@@ -130,7 +130,7 @@ CellSets = list[tuple[list[str], list[str]]]  # the grid's (domains, subtasks) d
 
 @dataclass(frozen=True)
 class CapacityGrid:
-    """What capacity resolution reads from a sweep (harness.spec.schema.capacity_grid builds it), so that
+    """What capacity resolution reads from a sweep (harness.spec.expand.capacity_grid builds it), so that
     harness.capacity.settings needs nothing from the sweep schema above it."""
 
     base_model: str

@@ -1,6 +1,6 @@
 """Sweep capacity block + grid.capacity -> one resolved AdapterSpec per trial, and their validation.
 
-    grid = harness.spec.schema.capacity_grid(spec)     # what of the sweep this module reads
+    grid = harness.spec.expand.capacity_grid(spec)     # what of the sweep this module reads
     capacity_settings(grid, domains, subtasks)   # -> [AdapterSpec, ...] for one data cell
     capacity_problems(grid)                      # -> ["grid.capacity[1].top_k: 3 exceeds ...", ...]
 

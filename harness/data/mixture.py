@@ -47,7 +47,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import InputError
-from harness.spec.schema import SOURCES_HELDOUT, SYNTHETIC_HELDOUT, SYNTHETIC_SOURCE, DataSpec, EvalSpec, content_hash
+from harness.spec.schema import (SOURCES_HELDOUT, SYNTHETIC_HELDOUT, SYNTHETIC_SOURCE, DataSpec, EvalSpec,
+                                 content_hash)
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,9 @@
-"""The sweep spec: a sweep YAML -> SweepSpec -> TrialSpecs, validated, with content-hashed ids.
+"""The sweep spec: what a sweep file declares, checked and expanded into trials before anything runs.
 
-`schema` holds the spec types, validation, expansion and ids; `estimate` the pre-launch estimates
-of `harness plan`. Nothing in this package imports torch or ray.
+`schema` holds the spec types (SweepSpec, TrialSpec and their blocks), the compute-budget helpers and
+the content hashes that trial and cell ids are made of; `load` reads a sweep YAML with `--set`
+overrides, reports every problem at once and makes local paths absolute; `validate` holds the
+semantic checks that `load` reports; `expand` turns a sweep into its trials (the grid, the
+baseline); `estimate` sizes a sweep for `harness plan` (parameters, memory, time). Nothing here
+imports torch or ray: `harness plan` and sweep expansion run it before anything is loaded.
 """

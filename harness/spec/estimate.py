@@ -18,7 +18,6 @@ from typing import Any
 
 from harness.shapes import KNOWN_SHAPES, ModelShape, model_shape  # noqa: F401 - re-exported for bench/
 from harness.spec.schema import SweepSpec, TrialSpec, budget_steps
-from harness.training.micro_batch import ACT_BYTES_PER_TOKEN_LAYER_HIDDEN, LOGIT_BYTES_PER_TOKEN_VOCAB, LORA_BYTES_PER_PARAM
 
 GPU_ANCHOR = (0.494e9, 52_700.0)  # (params, tokens/s) Qwen2.5-0.5B, rank 16, one H200
 GPU_EXPONENT = 0.60  # tokens/s ~ params^-0.60 between the 0.5B and 7B anchors
@@ -27,6 +26,13 @@ CPU_TINY_PARAMS = 0.87e6
 EVAL_SECONDS_PER_QUESTION = {"cpu": 0.04, "gpu": 0.01}  # batched greedy, tiny answers
 SYNTHETIC_SUBTASKS = 19  # the synthetic held-out set: eval.per_subtask questions of every subtask
 WALL_CLOCK_GPUS = (1, 8)  # plan prints the wall-clock hours of the whole sweep on one and on eight GPUs
+# Bytes kept for backward per token, decoder layer and hidden unit, plain transformers + peft in bf16
+# (the mean of the Qwen2.5-0.5B and 7B anchors; micro_batch auto's memory model uses these too).
+ACT_BYTES_PER_TOKEN_LAYER_HIDDEN = 115.0
+# Full-vocabulary logits per token: bf16 logits (2) + their fp32 upcast (4) + its gradient (4).
+LOGIT_BYTES_PER_TOKEN_VOCAB = 10.0
+LORA_BYTES_PER_PARAM = 16.0  # fp32 weight + grad + two AdamW moments
+
 
 def adapter_params_of(trial: TrialSpec, shape: ModelShape) -> int:
     """Trainable adapter parameters (counted at expansion; plain LoRA on all linear layers when the

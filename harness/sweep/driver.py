@@ -34,12 +34,13 @@ from typing import Any
 
 import yaml
 
-from harness.spec.schema import (SweepSpec, TrialSpec, WandbSpec, baseline_trial, capacity_grid, data_sets,
-                            expand_trials, local_paths, search_metric)
 from harness.errors import InputError
-from harness.sweep.preflight import check_evaluation, evaluation_metrics
 from harness.results import (TrialRecord, TrialStatus, atomic_write_text, load_records, read_record,
                              write_scores_table)
+from harness.spec.expand import baseline_trial, capacity_grid, data_sets, expand_trials
+from harness.spec.load import local_paths
+from harness.spec.schema import SweepSpec, TrialSpec, WandbSpec, search_metric
+from harness.sweep.preflight import check_evaluation, evaluation_metrics
 from harness.tracking import shutdown_service
 from harness.trial.run import failed_record_for, run_trial, save_record, trial_dir
 

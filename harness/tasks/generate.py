@@ -776,7 +776,7 @@ def _absorb_batch(futures: list[tuple[int, Any]], screen: _Screen, out: Path) ->
 
 def load_generation_spec(path: str | Path, overrides: Sequence[str] = ()) -> GenerationSpec:
     """A generation YAML (top-level keys = GenerationSpec fields) with `key=value` overrides."""
-    from harness.spec.schema import apply_overrides, read_yaml_mapping
+    from harness.spec.load import apply_overrides, read_yaml_mapping
 
     raw = read_yaml_mapping(path, "generation spec", "subtask:, task_type:, ...")
     spec = GenerationSpec.parse(apply_overrides(raw, list(overrides)), where=str(path))
@@ -785,8 +785,8 @@ def load_generation_spec(path: str | Path, overrides: Sequence[str] = ()) -> Gen
 
 def absolute_generation_paths(spec: GenerationSpec) -> GenerationSpec:
     """seed_path and out_path against the directory the command runs in, as a sweep's paths are
-    (harness.spec.schema.absolute_path). `model` stays as written: it is part of the resume identity."""
-    from harness.spec.schema import absolute_path
+    (harness.spec.load.absolute_path). `model` stays as written: it is part of the resume identity."""
+    from harness.spec.load import absolute_path
 
     return spec.model_copy(update={"seed_path": absolute_path(spec.seed_path),
                                    "out_path": absolute_path(spec.out_path)})

@@ -26,15 +26,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from harness.shapes import ModelShape, shape_from_config
+from harness.spec.estimate import ACT_BYTES_PER_TOKEN_LAYER_HIDDEN, LOGIT_BYTES_PER_TOKEN_VOCAB, LORA_BYTES_PER_PARAM
 
 log = logging.getLogger(__name__)
 GIB = 2**30
-# Bytes kept for backward per token, decoder layer and hidden unit, plain transformers + peft in bf16
-# (the mean of the Qwen2.5-0.5B and 7B anchors; harness.spec.estimate's estimates use these too).
-ACT_BYTES_PER_TOKEN_LAYER_HIDDEN = 115.0
-# Full-vocabulary logits per token: bf16 logits (2) + their fp32 upcast (4) + its gradient (4).
-LOGIT_BYTES_PER_TOKEN_VOCAB = 10.0
-LORA_BYTES_PER_PARAM = 16.0  # fp32 weight + grad + two AdamW moments
 CKPT_BYTES_PER_TOKEN_LAYER_HIDDEN = 2.0  # activation checkpointing keeps each layer's bf16 input only
 
 LossPath = Literal["plain", "chunked", "fused"]

@@ -106,7 +106,7 @@ def test_plan_with_a_pilot_end_to_end():
 
 
 def _smoke_plan() -> pd.DataFrame:
-    from harness.spec.schema import load_sweep
+    from harness.spec.load import load_sweep
     from harness.sweep.driver import planned_trials
 
     trials = planned_trials(load_sweep(REPO / "sweeps" / "smoke.yaml", []))
@@ -136,7 +136,7 @@ def test_plan_pilot_json_carries_the_power_numbers():
 
     data = json.loads(proc.stdout)
     assert len(data["trials"]) == 9 and data["power"]["effect"] == 0.01
-    from harness.spec.schema import load_sweep
+    from harness.spec.load import load_sweep
 
     rows = load_sweep(REPO / "sweeps" / "smoke.yaml", []).eval.per_subtask  # the planned held-out rows
     expected = power.plan_power(_smoke_plan(), power.estimate_noise(SMOKE), effect=0.01, eval_rows=rows)

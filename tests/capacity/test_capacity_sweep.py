@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from harness.results import load_records
-from harness.spec.schema import load_sweep
+from harness.spec.load import load_sweep
 from harness.sweep.driver import planned_trials, run_sweep
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,8 @@ import pytest
 from harness.capacity.adapters import PeftAdapted
 from harness.capacity.registry import FAMILIES, Family, FamilyRegistry, get_family
 from harness.errors import InputError
-from harness.spec.schema import expand_trials, validate_sweep
+from harness.spec.expand import expand_trials
+from harness.spec.load import validate_sweep
 
 PACKAGE = Path(__file__).resolve().parents[2] / "harness"
 DEFINITIONS = PACKAGE / "capacity" / "families.py"

@@ -7,7 +7,8 @@ import re
 import pytest
 
 from harness.errors import InputError
-from harness.spec.schema import expand_trials, validate_sweep
+from harness.spec.expand import expand_trials
+from harness.spec.load import validate_sweep
 
 BASE = {"name": "cap", "grid": {"domains": {"sets": [["concept"], ["concept", "reasoning"]]}}}
 

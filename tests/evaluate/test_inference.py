@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 from harness.data.mixture import build_eval_sets  # noqa: E402
 from harness.evaluate import inference  # noqa: E402
-from harness.spec.schema import EvalSpec  # noqa: E402
+from harness.spec.schema import EvalSpec
 from harness.evaluate.inference import (  # noqa: E402
     count_options,
     digit_token_ids,

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from harness.errors import InputError
-from harness.spec.schema import TrainSpec, budget_note, budget_steps, expand_trials, load_sweep, validate_sweep
+from harness.spec.expand import expand_trials
+from harness.spec.load import load_sweep, validate_sweep
+from harness.spec.schema import TrainSpec, budget_note, budget_steps
 
 BASE = {"name": "b", "base_model": "builtin:tiny",
         "grid": {"domains": {"sets": [["concept"], ["concept", "reasoning"]]}, "lora_rank": [4], "seed": [0]}}

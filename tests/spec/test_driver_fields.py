@@ -8,8 +8,10 @@ import re
 import pytest
 import yaml
 
-from harness.spec.schema import (baseline_trial, expand_trials, load_sweep, search_metric, validate_sweep)
 from harness.errors import InputError
+from harness.spec.expand import baseline_trial, expand_trials
+from harness.spec.load import load_sweep, validate_sweep
+from harness.spec.schema import search_metric
 
 BASE = {"name": "s", "grid": {"domains": {"incremental": ["concept", "reasoning"]}, "lora_rank": [4, 8]},
         "train": {"steps": 40, "log_every": 10}}

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from harness.spec.estimate import plan_summary
-from harness.spec.schema import expand_trials, load_sweep
+from harness.spec.expand import expand_trials
+from harness.spec.load import load_sweep
 from harness.sweep.driver import planned_trials
 
 DESIGNS = ["smoke", "capability_ablation", "task_ablation", "rank_scaling", "homogeneous_volume",

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from harness.errors import InputError
 from harness.spec.estimate import plan_summary
-from harness.spec.schema import apply_overrides, load_yaml_text, validate_sweep
+from harness.spec.load import apply_overrides, load_yaml_text, validate_sweep
 from harness.sweep.driver import planned_trials
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from harness.errors import InputError
-from harness.spec.schema import baseline_trial, expand_trials, load_sweep, parse_override, validate_sweep
+from harness.spec.expand import baseline_trial, expand_trials
+from harness.spec.load import load_sweep, parse_override, validate_sweep
 
 GOOD = {
     "name": "t",

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.spec.schema import TrialSpec, content_hash, load_sweep
+from harness.spec.load import load_sweep
+from harness.spec.schema import TrialSpec, content_hash
 from harness.sweep.driver import planned_trials
 
 SWEEPS = sorted((Path(__file__).resolve().parents[2] / "sweeps").rglob("*.yaml"))

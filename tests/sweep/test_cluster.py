@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from harness.results import load_records
-from harness.spec.schema import validate_sweep
+from harness.spec.load import validate_sweep
 from harness.sweep.driver import planned_trials, run_sweep
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ import yaml
 
 from harness.errors import InputError
 from harness.results import TrialStatus, load_records
-from harness.spec.schema import load_sweep
+from harness.spec.load import load_sweep
 from harness.sweep.driver import planned_trials, run_sweep
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from harness.results import load_records
-from harness.spec.schema import load_sweep
+from harness.spec.load import load_sweep
 from harness.sweep.driver import finished_ids, planned_trials
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ import yaml
 
 from harness.errors import InputError
 from harness.evaluate.metrics import MULTILINGUAL_ENV, metric_problems
-from harness.spec.schema import validate_sweep
+from harness.spec.load import validate_sweep
 from harness.sweep.driver import run_sweep
 from harness.sweep.preflight import check_evaluation, evaluation_metrics
 

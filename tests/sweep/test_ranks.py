@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from harness.results import load_records
-from harness.spec.schema import load_sweep
+from harness.spec.load import load_sweep
 from harness.sweep.driver import run_sweep
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness.errors import InputError
-from harness.spec.schema import validate_sweep
+from harness.spec.load import validate_sweep
 from harness.sweep.driver import alive_nodes, describe_nodes, trial_resources
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from harness.results import EvalResult, RunInfo, TrainInfo, TrialRecord, TrialStatus
-from harness.spec.schema import expand_trials, validate_sweep
+from harness.spec.expand import expand_trials
+from harness.spec.load import validate_sweep
 from harness.sweep.driver import FACTORS, FactorSampler, factor_keys, factor_space
 
 SPEC = {"name": "search", "search": {"method": "optuna", "num_samples": 3},

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from harness.results import TrialStatus, load_records
-from harness.spec.schema import validate_sweep
+from harness.spec.load import validate_sweep
 from harness.sweep.driver import finished_ids, planned_trials, run_sweep
 
 pytestmark = pytest.mark.slow

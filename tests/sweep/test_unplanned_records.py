@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.results import RunInfo, TrainInfo, TrialRecord, TrialStatus
-from harness.spec.schema import expand_trials, load_sweep
+from harness.spec.expand import expand_trials
+from harness.spec.load import load_sweep
 from harness.sweep.driver import unplanned_records
 from harness.trial.run import save_record
 

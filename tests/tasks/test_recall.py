@@ -6,7 +6,8 @@ import pytest
 
 from harness.data.mixture import build_eval_sets, load_or_build_mixture
 from harness.errors import InputError
-from harness.spec.schema import available_subtasks, expand_trials, validate_sweep
+from harness.spec.expand import available_subtasks, expand_trials
+from harness.spec.load import validate_sweep
 from harness.tasks.recall import N_VALUES, recall_rows, recall_subtasks
 
 RECALL = {"name": "r", "base_model": "builtin:tiny",

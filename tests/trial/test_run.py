@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from harness.results import RunInfo, TrainInfo, TrialRecord, TrialStatus, read_record
-from harness.spec.schema import TrainSpec, WandbSpec, baseline_trial, expand_trials, validate_sweep
+from harness.spec.expand import baseline_trial, expand_trials
+from harness.spec.load import validate_sweep
+from harness.spec.schema import TrainSpec, WandbSpec
 from harness.trial.run import run_trial, save_record
 
 NO_WANDB = WandbSpec(mode="disabled")
