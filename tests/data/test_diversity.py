@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from harness.data.cache import with_embedding_diversity
 from harness.data.diversity import embed_texts, mixture_vendi, sample_texts, vendi_score
-from harness.data.mixture import build_mixture, with_embedding_diversity
+from harness.data.mixture import build_mixture
 from harness.errors import MissingDependencyError
 from harness.results import DataInfo
 from harness.spec.schema import DataSpec

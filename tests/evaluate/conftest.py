@@ -12,8 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 @pytest.fixture(scope="session")
 def minilm():
     """all-MiniLM-L6-v2 through the same cached loader the sent-transformer metric uses."""
+    from harness.data.embeddings import load_sentence_model, minilm_location
     from harness.errors import MissingDependencyError
-    from harness.evaluate.metrics import load_sentence_model, minilm_location
 
     try:
         location = minilm_location()

@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from harness.data.mixture import build_eval_sets  # noqa: E402
+from harness.data.prompting import MAX_NEW_TOKENS, format_prompt  # noqa: E402
 from harness.evaluate import inference  # noqa: E402
-from harness.spec.schema import EvalSpec
 from harness.evaluate.inference import (  # noqa: E402
     count_options,
     digit_token_ids,
@@ -18,7 +18,7 @@ from harness.evaluate.inference import (  # noqa: E402
     mc_option_rows,
     respond_by_task_type,
 )
-from harness.data.prompting import MAX_NEW_TOKENS, format_prompt  # noqa: E402
+from harness.spec.schema import EvalSpec  # noqa: E402
 
 MC_PROMPT = "Which is a fruit?\n0. chair\n1. apple\n2. lamp\n3. sock\nAnswer: "
 

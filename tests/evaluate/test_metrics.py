@@ -9,6 +9,7 @@ import math
 import pytest
 import sacrebleu
 
+from harness.data import embeddings
 from harness.errors import InputError, MissingDependencyError
 from harness.evaluate import metrics
 from harness.evaluate.metrics import (METRICS, NerCounts, accuracy, bleu, get_metric, hit_rate_at_3,
@@ -207,8 +208,8 @@ def test_sent_transformer_metric_uses_the_bundled_model(minilm):
 
 
 def test_minilm_override_is_used(monkeypatch):
-    monkeypatch.setenv(metrics.MINILM_ENV, "/no/such/minilm")
-    assert metrics.minilm_location() == ("/no/such/minilm", metrics.MINILM_ENV)
+    monkeypatch.setenv(embeddings.MINILM_ENV, "/no/such/minilm")
+    assert embeddings.minilm_location() == ("/no/such/minilm", embeddings.MINILM_ENV)
     with pytest.raises(InputError, match="HARNESS_MINILM_MODEL: no model directory"):
         get_metric("sent-transformer").score_samples(["a"], ["b"])
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.data.mixture import build_eval_sets, load_or_build_mixture
+from harness.data.cache import load_or_build_mixture
+from harness.data.mixture import build_eval_sets
 from harness.errors import InputError
 from harness.spec.expand import available_subtasks, expand_trials
 from harness.spec.load import validate_sweep
