@@ -17,9 +17,9 @@ plain   what a transformers + peft user writes: batches in data order padded to 
         `model(**batch).loss` (full-vocabulary logits in fp32), torch's default AdamW.
 ours    the plain loop plus the levers named by the flags, or one configuration per `--configs` entry
         (levers joined by '+'), each in a freshly built model:
-          bucket       length-bucketed padded batches, as harness.training.loop.make_batches pads
+          bucket       length-bucketed padded batches, as harness.training.batching.make_batches pads
           packing      each micro-batch packed into padding-free rows of at most --pack-length tokens
-                       (harness.training.loop.collate_packed, first-fit decreasing; default the longest sample,
+                       (harness.training.batching.collate_packed, first-fit decreasing; default the longest sample,
                        as the trainer; 0: one row per micro-batch)
           flex         attention through torch's flex_attention (harness.training.levers.attention_kernel): the
                        packed block mask skips cross-sample blocks, so packing runs one row
@@ -136,7 +136,7 @@ def sample_examples(n: int, vocab: int, seed: int = 0, data: str = "synthetic", 
     """n instruction-length samples, cycled: the synthetic world's rows, or the rows of the ShopBench
     files matching the glob `data` (real instruction data, lengths that vary widely), tokenised by
     builtin:tiny's tokenizer or that of `tokenizer`; token ids drawn at random past its vocabulary."""
-    from harness.training.loop import encode_example
+    from harness.training.batching import encode_example
 
     tok = _tiny_tokenizer() if tokenizer == "builtin:tiny" else _load_tokenizer(tokenizer)
     rng = random.Random(seed)
@@ -193,7 +193,7 @@ def _tiny_tokenizer():
 
 def make_steps(examples, batch: int, levers: Levers | None, seed: int = 0) -> list[list]:
     """The samples of each step. Plain (levers None): data order. Bucketed: sorted by length, cut into
-    batches, batches shuffled (harness.training.loop.make_batches' padded mode). Every layout covers the same
+    batches, batches shuffled (harness.training.batching.make_batches' padded mode). Every layout covers the same
     samples, so the timed work is identical in tokens."""
     order = list(range(len(examples)))
     if levers is not None and levers.bucket and not levers.packing:
@@ -206,7 +206,7 @@ def make_steps(examples, batch: int, levers: Levers | None, seed: int = 0) -> li
 
 
 def collate_for(levers: Levers | None, pack_length: int):
-    from harness.training.loop import collator
+    from harness.training.batching import collator
 
     packing = levers is not None and levers.packing
     return collator(packing, 0, None if (levers and levers.flex) or not pack_length else pack_length)

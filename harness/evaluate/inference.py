@@ -6,7 +6,7 @@
 Rows are grouped by task type (each has its own new-token budget) and sorted by prompt length
 within a group, so a batch pads little and stops early. Responses come back in the rows' order.
 Prompts longer than the budget are cut from the left: the question's tail (options, "Answer:") is
-what the answer depends on, and training truncates the same way (`harness.training.loop.encode_example`).
+what the answer depends on, and training truncates the same way (`harness.training.batching.encode_example`).
 
 The multiple-choice fast path reads the options ("0. ...", "1. ...") from the prompt, runs one
 forward pass over the prompt and answers with the option digit whose token has the highest

@@ -2,12 +2,14 @@
 the attention kernel.
 
 Each is one call on an already LoRA-wrapped model, so the trainer and bench/train_throughput.py switch
-them one at a time. The loss lever is harness.training.losses; the micro-batch choice is harness.training.micro_batch.
+them one at a time; `apply_levers` applies what train.* chose, the loss lever included (the loss
+itself is harness.training.losses). The micro-batch choice is harness.training.micro_batch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -15,7 +17,10 @@ import torch
 from torch import nn
 
 from harness.errors import InputError
-from harness.training.losses import causal_lm_parts, unwrap_causal_lm
+from harness.spec.schema import TrainSpec
+from harness.training.losses import ChunkedLossModel, causal_lm_parts, logits_postprocessing, unwrap_causal_lm
+
+log = logging.getLogger(__name__)
 
 
 def enable_activation_checkpointing(model: nn.Module) -> None:
@@ -89,3 +94,24 @@ def attention_kernel(model: nn.Module, impl: str, device: str = "cuda") -> Itera
         yield
     finally:
         causal.set_attn_implementation(loaded)
+
+
+def apply_levers(model: Any, spec: TrainSpec, device: str) -> Any:
+    """The speed and memory levers of train.*; returns the module whose forward gives the loss (the
+    chunked-loss wrapper, so DDP wraps the whole loss computation)."""
+    if spec.grad_checkpointing is True:  # "auto" turns it on later, only if memory requires it
+        enable_activation_checkpointing(model)
+    if spec.compile and device.startswith("cuda"):
+        compile_decoder_layers(model)
+    if not uses_chunked_loss(model, spec):
+        if spec.loss != "plain":  # once per training run, not at every held-out loss
+            log.warning("train.loss %s: the model sets %s, which the chunked loss does not apply; using "
+                        "the plain loss (slower, more memory)", spec.loss, logits_postprocessing(model))
+        return model
+    return ChunkedLossModel(model, spec.loss_chunk_tokens, "fused" if spec.loss == "fused" else "checkpoint")
+
+
+def uses_chunked_loss(model: Any, spec: TrainSpec) -> bool:
+    """train.loss chunked/fused, unless the model post-processes its logits (Granite's logits_scaling,
+    Gemma 2's softcapping, ...): then the plain loss rather than a wrong objective."""
+    return spec.loss != "plain" and logits_postprocessing(model) is None

@@ -1,17 +1,18 @@
-"""Adapter fine-tuning: rows -> tokenised examples -> batches -> adapter. Returns a TrainResult.
+"""The training loop: a trial's adapters fine-tuned on its rows. Returns a TrainResult.
 
-The loss is on the response tokens only (prompt tokens are labelled -100). Batches are padded to
-their longest row after sorting rows into length buckets, which keeps padding waste low on
-instruction-length data. The loop reports (step, loss) through a callback so the caller decides
-where it goes (Ray Tune, W&B, stdout); it never touches files.
+    result = train_adapter(adapted, tokenizer, rows, spec.train, seed=0, fmt="raw", device="cpu")
+
+Rows become micro-batches (harness.training.batching); each optimiser step runs their forward and
+backward passes (`_optimizer_step`), each micro-batch's loss weighted by its share of the step's
+tokens; the levers, the micro-batch choice and the data-parallel ranks plug in around it. The loop
+reports (step, loss) through a callback so the caller decides where it goes (Ray Tune, W&B,
+stdout); it never touches files. `eval_loss` is the held-out loss, computed as training computes it.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,11 +21,14 @@ from typing import Any
 import torch
 
 from harness.capacity.adapters import AdaptedModel
-from harness.data.prompting import McAnswer, PromptFormat, format_prompt, render_answer
+from harness.data.prompting import PromptFormat
 from harness.spec.schema import TrainSpec
-from harness.training.levers import attention_kernel, compile_decoder_layers, enable_activation_checkpointing, make_adamw
-from harness.training.losses import IGNORE_INDEX, ChunkedLossModel, logits_postprocessing
-from harness.training.ranks import DistContext, loss_terms
+from harness.training.batching import (Example, collate, collator, encode_example, group_rows, longest_sample,
+                                       make_batches, packed_row_length)
+from harness.training.levers import (apply_levers, attention_kernel, enable_activation_checkpointing, make_adamw,
+                                     uses_chunked_loss)
+from harness.training.losses import IGNORE_INDEX, ChunkedLossModel
+from harness.training.ranks import DistContext
 
 log = logging.getLogger(__name__)
 LogFn = Callable[[int, float], None]
@@ -47,159 +51,6 @@ class TrainResult:
     tokens_per_subtask: dict[str, int] = field(default_factory=dict)
     # How the steps ran (what micro_batch / grad_checkpointing auto chose): the same learning either way
     layout: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Example:
-    input_ids: list[int]
-    labels: list[int]
-    subtask: str
-    group: str = ""  # the adapter group that trains on it (multi_lora); batches never mix groups
-
-
-def encode_example(row: dict[str, Any], tokenizer: Any, fmt: PromptFormat, max_len: int,
-                   group: str = "", mc_answer: McAnswer = "digit") -> Example:
-    """Prompt and answer are tokenised separately so the prompt tokens match what generation sees."""
-    prompt_ids = tokenizer(format_prompt(row["input_field"], tokenizer, fmt),
-                           add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(render_answer(row, mc_answer), add_special_tokens=False)["input_ids"]
-    answer_ids = answer_ids + [tokenizer.eos_token_id]
-    # Truncate the prompt from the left: the question's tail (options, "Answer:") matters most.
-    keep = max(max_len - len(answer_ids), 1)
-    prompt_ids = prompt_ids[-keep:]
-    ids = (prompt_ids + answer_ids)[:max_len]
-    labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_len]
-    return Example(ids, labels, row.get("subtask", ""), group)
-
-
-@dataclass(frozen=True)
-class MicroBatch:
-    group: str  # the adapter group it trains (multi_lora); "" otherwise
-    batch: dict[str, torch.Tensor]  # this rank's collated slice
-    share: float  # its part of the step's loss-carrying tokens (all ranks together)
-    tokens: int  # this rank's real tokens (padding not counted) and supervised tokens
-    supervised: int
-
-
-def make_batches(examples: list[Example], micro_batch: int, seed: int, pad_id: int, packing: bool,
-                 dist: DistContext | None = None, grad_accum: int = 1, pack_length: int | None = None):
-    """Endless shuffled optimiser steps: each one effective batch (micro_batch x grad_accum examples of
-    one adapter group) as a list of MicroBatch, whose share is its part of the step's loss-carrying
-    tokens.
-
-    The step's examples depend only on the effective batch, and the shares make the summed loss the
-    token mean over the whole step, so micro_batch 8 x 2 learns what 16 x 1 learns (the out-of-memory
-    retry and micro_batch auto change the split, not the training). Packed: each micro-batch is packed
-    into rows of at most pack_length tokens (collate_packed; None: one row). Padded: rows of similar
-    length are batched together. Data-parallel: every rank draws the same global micro-batches and
-    collates its own slice (DistContext.local_batch).
-    """
-    dist = dist or DistContext.single()
-    collate_fn = collator(packing, pad_id, pack_length)
-    rng, size = random.Random(seed), micro_batch * grad_accum
-    while True:
-        chunks = []
-        for group in sorted({e.group for e in examples}):
-            members = [i for i, e in enumerate(examples) if e.group == group]
-            if packing:
-                rng.shuffle(members)
-            else:
-                members.sort(key=lambda i: (len(examples[i].input_ids), rng.random()))
-            chunks += [members[i : i + size] for i in range(0, len(members), size)]
-        rng.shuffle(chunks)
-        for chunk in chunks:
-            step = [examples[i] for i in chunk]
-            total = sum(loss_terms(e) for e in step) or 1
-            yield [MicroBatch(e[0].group, dist.local_batch(e, collate_fn), sum(loss_terms(x) for x in e) / total,
-                              *dist.local_tokens(e))
-                   for e in (step[i : i + micro_batch] for i in range(0, len(step), micro_batch))]
-
-
-def collator(packing: bool, pad_id: int,
-             pack_length: int | None = None) -> Callable[[list[Example]], dict[str, torch.Tensor]]:
-    """How training micro-batches are laid out: padding-free packed rows (at most pack_length tokens
-    each; None: one row), or padded rows."""
-    if packing:
-        return functools.partial(collate_packed, pad_id=pad_id, pack_length=pack_length)
-    return functools.partial(collate, pad_id=pad_id)
-
-
-def packed_row_length(spec: TrainSpec, longest: int) -> int | None:
-    """Tokens per packed row: None (one row per micro-batch) where the attention kernel skips the
-    cross-sample blocks (flash varlen, flex block masks); else train.pack_length, or by default the
-    longest training sample: SDPA/eager attend over a dense block-diagonal mask, so a row costs the
-    square of its length, and rows as long as the longest sample cost what its padded batch would.
-    (builtin:tiny shape on EC-Guide lengths, CPU: rows of the longest sample ran 1.6-2.0x plain, rows of
-    1024 tokens 1.3x, one row per micro-batch 0.8x; bench/RESULTS.md.)"""
-    if spec.attention.startswith("flash_attention"):
-        return None
-    if spec.attention == "flex_attention" and spec.pack_length is None:
-        return None
-    return spec.pack_length or longest
-
-
-def longest_sample(examples: list[Example]) -> int:
-    return max(len(e.input_ids) for e in examples)
-
-
-def pack_rows(batch: list[Example], pack_length: int | None) -> list[list[Example]]:
-    """First-fit decreasing: longest samples first, each into the first row with room for it."""
-    if pack_length is None:
-        return [batch]
-    rows: list[list[Example]] = []
-    room: list[int] = []
-    for e in sorted(batch, key=lambda e: len(e.input_ids), reverse=True):
-        n = len(e.input_ids)
-        if n > pack_length:
-            raise ValueError(f"a {n}-token sample does not fit a packed row of {pack_length} tokens")
-        i = next((i for i, free in enumerate(room) if free >= n), len(rows))
-        if i == len(rows):
-            rows.append([])
-            room.append(pack_length)
-        rows[i].append(e)
-        room[i] -= n
-    return rows
-
-
-def collate_packed(batch: list[Example], pad_id: int = 0,
-                   pack_length: int | None = None) -> dict[str, torch.Tensor]:
-    """Examples concatenated into rows of at most pack_length tokens (None: one row), position ids
-    restarting at 0 for each example.
-
-    With no attention_mask, transformers reads the restarts as sequence boundaries and builds a
-    block-diagonal causal mask (SDPA/eager/flex) or varlen attention (flash-attention, single row
-    only), so no token attends across examples. No label crosses a boundary either: each example
-    starts with prompt tokens, which are labelled -100. A short row's padding tail is one more
-    "sequence" (positions from 0, labels -100) that no real token attends to.
-    """
-    rows = pack_rows(batch, pack_length)
-    width = max(sum(len(e.input_ids) for e in row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    positions = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, row in enumerate(rows):
-        at = 0
-        for e in row:
-            n = len(e.input_ids)
-            ids[r, at : at + n] = torch.tensor(e.input_ids)
-            labels[r, at : at + n] = torch.tensor(e.labels)
-            positions[r, at : at + n] = torch.arange(n)
-            at += n
-        positions[r, at:] = torch.arange(width - at)
-    return {"input_ids": ids, "labels": labels, "position_ids": positions}
-
-
-def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(e.input_ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, e in enumerate(batch):  # right padding for training
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
 def _lr_lambda(spec: TrainSpec) -> Callable[[int], float]:
@@ -281,27 +132,6 @@ def _train(adapted: AdaptedModel, examples: list[Example], pad_id: int, spec: Tr
         layout={"micro_batch": micro, "grad_accum": accum, "grad_checkpointing": checkpointing,
                 "packing": spec.packing, "attention": spec.attention},
     )
-
-
-def apply_levers(model: Any, spec: TrainSpec, device: str) -> Any:
-    """The speed and memory levers of train.*; returns the module whose forward gives the loss (the
-    chunked-loss wrapper, so DDP wraps the whole loss computation)."""
-    if spec.grad_checkpointing is True:  # "auto" turns it on later, only if memory requires it
-        enable_activation_checkpointing(model)
-    if spec.compile and device.startswith("cuda"):
-        compile_decoder_layers(model)
-    if not uses_chunked_loss(model, spec):
-        if spec.loss != "plain":  # once per training run, not at every held-out loss
-            log.warning("train.loss %s: the model sets %s, which the chunked loss does not apply; using "
-                        "the plain loss (slower, more memory)", spec.loss, logits_postprocessing(model))
-        return model
-    return ChunkedLossModel(model, spec.loss_chunk_tokens, "fused" if spec.loss == "fused" else "checkpoint")
-
-
-def uses_chunked_loss(model: Any, spec: TrainSpec) -> bool:
-    """train.loss chunked/fused, unless the model post-processes its logits (Granite's logits_scaling,
-    Gemma 2's softcapping, ...): then the plain loss rather than a wrong objective."""
-    return spec.loss != "plain" and logits_postprocessing(model) is None
 
 
 def micro_batch_plan(loss_model: Any, examples: list[Example], spec: TrainSpec, pad_id: int,
@@ -394,11 +224,3 @@ def eval_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: Trai
             total += loss_of(**batch, use_cache=False).loss.item() * n
             count += n
     return total / max(count, 1)
-
-
-def group_rows(adapted: AdaptedModel, rows: list[dict[str, Any]]) -> dict[str, list[int]]:
-    """Row indices per evaluation group, in first-seen order (one group for unrouted families)."""
-    groups: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        groups.setdefault(adapted.eval_group_of(row), []).append(i)
-    return groups

@@ -98,7 +98,7 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk_token
     """Mean next-token cross-entropy over the labelled positions of `batch`, as `model(**batch).loss`.
 
     batch: input_ids and labels, plus attention_mask (padded) or position_ids (packed), as the
-    collators of harness.training.loop make them. num_items_in_batch: divide the summed loss by this instead of
+    collators of harness.training.batching make them. num_items_in_batch: divide the summed loss by this instead of
     the batch's own supervised-token count (for token-weighted gradient accumulation).
     select_labelled=False sends every position through the head, chunked (the same value; only there
     to measure what dropping the unlabelled positions saves; impl="checkpoint" only).

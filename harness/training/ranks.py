@@ -103,7 +103,7 @@ class DistContext:
         return list(items[start : start + base + (self.rank < extra)])
 
     def local_batch(self, examples: Sequence[Any], collate: Callable[[list[Any]], dict]) -> dict:
-        """The collated slice of a global micro-batch of harness.training.loop.Example, plus "loss_weight":
+        """The collated slice of a global micro-batch of harness.training.batching.Example, plus "loss_weight":
         this rank's share of the micro-batch's supervised tokens times the world size. The model's
         mean loss times that weight, averaged by DDP over ranks, is the one-process mean over the
         whole micro-batch. A rank with nothing to do runs one example at weight 0 (DDP needs every
@@ -177,7 +177,7 @@ class DistContext:
 
 def loss_terms(example: Any) -> int:
     """Tokens that carry loss in a causal LM, which predicts token t from tokens before it: the
-    labelled positions after the first (the first is a prompt token in harness.training.loop)."""
+    labelled positions after the first (the first is a prompt token in harness.training.batching)."""
     return sum(1 for label in example.labels[1:] if label != IGNORE_INDEX)
 
 

@@ -251,7 +251,7 @@ def respond(adapted: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: Tria
             device: str) -> list[str]:
     """Responses in row order, each row answered through the adapters its family routes it to."""
     from harness.evaluate.inference import generate_responses
-    from harness.training.loop import group_rows
+    from harness.training.batching import group_rows
 
     responses: list[str] = [""] * len(rows)
     for group, members in group_rows(adapted, rows).items():

@@ -107,7 +107,7 @@ def test_multi_lora_routes_evaluation_rows():
 
 
 def test_batches_never_mix_groups(rows):
-    from harness.training.loop import encode_example, make_batches
+    from harness.training.batching import encode_example, make_batches
 
     tokenizer, _, _ = load_base_model("builtin:tiny")
     examples = [encode_example(r, tokenizer, "raw", 128, group=r["domain"]) for r in rows]

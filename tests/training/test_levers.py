@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.training.batching import collate
 from harness.training.levers import compile_decoder_layers, enable_activation_checkpointing, make_adamw
-from harness.training.loop import collate
 from harness.training.losses import causal_lm_loss
 from .test_losses import examples, small_lora_model
 

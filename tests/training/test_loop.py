@@ -10,8 +10,10 @@ from harness.errors import InputError
 from harness.model import load_base_model
 from harness.spec.schema import AdapterSpec, TrainSpec
 from harness.tasks import synthetic
-from harness.training.loop import (IGNORE_INDEX, Example, collate, collate_packed, encode_example, pack_rows,
-                           packed_row_length, train_adapter)
+from harness.training.batching import (Example, collate, collate_packed, encode_example, pack_rows,
+                                       packed_row_length)
+from harness.training.loop import train_adapter
+from harness.training.losses import IGNORE_INDEX
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +251,7 @@ def test_splitting_a_step_into_micro_batches_does_not_change_training():
 
 
 def test_steps_are_effective_batches_with_token_shares():
-    from harness.training.loop import make_batches
+    from harness.training.batching import make_batches
 
     tokenizer, _, _ = load_base_model("builtin:tiny")
     examples = [encode_example(r, tokenizer, "raw", 128) for r in synthetic.generate_rows("query_ner", "train", 10)]
@@ -273,7 +275,8 @@ def test_held_out_loss_is_the_same_with_the_chunked_loss(tiny, rows):
 def test_checkpointing_auto_turns_on_only_when_one_sample_does_not_fit(rows, monkeypatch):
     """micro_batch auto on a device where one sample fits only with activation checkpointing (the
     CUDA probe is stood in for: this machine has no GPU; tests/training/test_micro_batch.py covers the probe)."""
-    from harness.training.loop import ChunkedLossModel, micro_batch_plan
+    from harness.training.loop import micro_batch_plan
+    from harness.training.losses import ChunkedLossModel
     import harness.training.micro_batch
 
     asked = []

@@ -7,7 +7,8 @@ import random
 import pytest
 import torch
 
-from harness.training.loop import IGNORE_INDEX, Example, collate, collate_packed
+from harness.training.batching import Example, collate, collate_packed
+from harness.training.losses import IGNORE_INDEX
 from harness.training.losses import ChunkedLossModel, causal_lm_loss, causal_lm_parts, selected_cross_entropy
 
 VOCAB = 300
@@ -237,7 +238,7 @@ def test_a_model_that_scales_its_logits_trains_with_the_plain_loss():
     from transformers import GraniteConfig, GraniteForCausalLM
 
     from harness.spec.schema import TrainSpec
-    from harness.training.loop import apply_levers, uses_chunked_loss
+    from harness.training.levers import apply_levers, uses_chunked_loss
     from harness.training.losses import causal_lm_parts, logits_postprocessing
 
     config = GraniteConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -15,7 +15,8 @@ import psutil
 import pytest
 import torch
 
-from harness.training.loop import IGNORE_INDEX, Example, collate
+from harness.training.batching import Example, collate
+from harness.training.losses import IGNORE_INDEX
 from harness.training.ranks import DistContext, DistributedError, launch_ranks
 
 pytestmark = pytest.mark.slow
@@ -55,7 +56,7 @@ def examples(n: int, seed: int) -> list[Example]:
 
 
 def global_micro_batches(items: list[Example], size: int, seed: int):
-    """Endless shuffled micro-batches, the same on every rank (as harness.training.loop.make_batches);
+    """Endless shuffled micro-batches, the same on every rank (as harness.training.batching.make_batches);
     the data runs out mid-batch, so one micro-batch has fewer rows than there are ranks."""
     rng = random.Random(seed)
     while True:
