@@ -4,7 +4,8 @@
 
 Reads top to bottom as setup -> train -> evaluate -> save. Every failure (an exception, a NaN loss,
 out of memory twice) still ends in a record with status `failed` and the reason, written atomically,
-so a sweep can go on and the report can say what went wrong. Ray (sweep.py) is a thin adapter on top.
+so a sweep can go on and the report can say what went wrong. Ray (harness.sweep) is a thin adapter
+on top.
 
 Artifacts: the LoRA adapter only (peft `save_pretrained`, no base weights, no optimiser state), in
 `<results>/adapters/<trial_id>/`; intermediate ones in `step-<N>/` below it when the sweep keeps more
@@ -15,27 +16,21 @@ loss is measured during training and reported (Ray Tune's ASHA scheduler stops t
 from __future__ import annotations
 
 import logging
-import os
-import platform
-import shutil
-import subprocess
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from importlib import metadata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.errors import InputError
-from harness.spec.schema import TrainSpec, TrialSpec, WandbSpec, budget_steps
 from harness.results import (DataInfo, EvalResult, RunInfo, TrainInfo, TrialRecord, TrialStatus,
                              read_record, write_record)
+from harness.spec.schema import TrialSpec, WandbSpec, budget_steps
+from harness.trial.environment import _release, run_meta, select_device
+from harness.trial.oom import _train_with_oom_retry
+from harness.trial.progress import Progress, Reporter, validation_rows
 
 log = logging.getLogger(__name__)
-Reporter = Callable[[dict[str, Any]], None]
-
-PACKAGES = ("torch", "transformers", "peft", "ray", "wandb", "divcap-harness")
 
 
 def trial_dir(results_dir: Path, spec: TrialSpec) -> Path:
@@ -97,48 +92,6 @@ def save_record(record: TrialRecord, directory: Path) -> Path:
                         record.run.trial_id, record.train.status.value, record.train.reason)
             return path
     return write_record(record, directory)
-
-
-def inject_fault(spec: TrialSpec, stage: str) -> None:
-    """Deliberate faults for testing the driver's fault handling, from HARNESS_FAULTS.
-
-    HARNESS_FAULTS="kill:<trial-id prefix>,raise:<prefix>,oom:<prefix>,nan:<prefix>,diverge:<prefix>":
-    kill SIGKILLs the worker process at the start of training; raise raises; oom raises
-    torch.OutOfMemoryError on the first training attempt only (the retry then succeeds); nan makes the
-    model's logits NaN, so the training loss really becomes NaN; diverge flips the gradients' sign, so
-    the loss climbs without a NaN (a run going wrong that early stopping should catch). The last two
-    act on the model: see `_inject_model_faults`.
-    """
-    if not _fault_matches(spec, stage):
-        return
-    if stage == "kill":
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-    if stage == "raise":
-        raise RuntimeError(f"injected fault (HARNESS_FAULTS={os.environ['HARNESS_FAULTS']})")
-    if stage == "oom":
-        import torch
-
-        raise torch.OutOfMemoryError("injected out-of-memory (HARNESS_FAULTS)")
-
-
-def _fault_matches(spec: TrialSpec, kind: str) -> bool:
-    for item in filter(None, (f.strip() for f in os.environ.get("HARNESS_FAULTS", "").split(","))):
-        name, _, prefix = item.partition(":")
-        if name == kind and prefix and spec.trial_id.startswith(prefix):
-            return True
-    return False
-
-
-def _inject_model_faults(adapted: Any, spec: TrialSpec) -> None:
-    """nan: NaN logits, so the real loss check sees a real NaN; diverge: gradient ascent."""
-    if _fault_matches(spec, "nan"):
-        head = adapted.base_model().get_output_embeddings()
-        head.register_forward_hook(lambda _module, _inputs, out: out * float("nan"))
-    if _fault_matches(spec, "diverge"):
-        for param in adapted.trainable_parameters():
-            param.register_hook(lambda grad: -grad)
 
 
 def _execute(spec: TrialSpec, device: str, logger, reporter: Reporter | None,
@@ -277,181 +230,6 @@ def train_rank(payload: dict[str, Any], dist) -> None:
                device=dist.device, dist=dist)
 
 
-def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, progress: "Progress", dist):
-    """Out of memory is retried with a smaller split of the same step: half the micro-batch and the
-    accumulation that keeps micro_batch x grad_accum exactly (the same examples, the same token-weighted
-    loss; see train.make_batches), down to micro-batch 1; then, with grad_checkpointing auto, with
-    activation checkpointing on. Each retry starts again from the adapter's initial weights, so the
-    run learns what that split learns from the start however far the failed attempt got; the record
-    lists the retries. Not with several ranks (they would have to retry in step)."""
-    import torch
-
-    from harness.capacity.adapters import attach
-    from harness.training.loop import train_adapter
-
-    model = attach(model, spec.capacity)
-    progress.start(model)
-    _inject_model_faults(model, spec)
-    initial = [p.detach().clone() for p in model.trainable_parameters()]  # the adapter is small
-    train_spec, retries = spec.train, []
-    while True:
-        try:
-            inject_fault(spec, "kill")
-            inject_fault(spec, "raise")
-            if not retries:
-                inject_fault(spec, "oom")
-            result = train_adapter(model, tokenizer, rows, train_spec, seed=spec.seed, fmt=fmt,
-                                device=device, on_log=progress, dist=dist)
-            return model, result, retries
-        except torch.OutOfMemoryError as exc:
-            smaller = None if dist.world > 1 else smaller_split(train_spec)
-            if smaller is None:
-                raise
-            traceback.clear_frames(exc.__traceback__)  # drop the failed step's activations
-            train_spec, change = smaller
-            retries.append(f"oom: {change}")
-            model.model.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                for param, start in zip(model.trainable_parameters(), initial):
-                    param.copy_(start)
-            progress.restart()
-            _release(device)
-
-
-def smaller_split(train: TrainSpec) -> tuple[TrainSpec, str] | None:
-    """(the train spec to retry an out-of-memory with, what changed), or None when nothing is left:
-    half the micro-batch with the same examples per step, then activation checkpointing (auto)."""
-    from harness.training.micro_batch import split_effective_batch
-
-    micro = train.micro_batch
-    if isinstance(micro, int) and micro > 1:
-        effective = micro * train.grad_accum
-        new_micro, accum = split_effective_batch(effective, micro // 2)
-        return (train.model_copy(update={"micro_batch": new_micro, "grad_accum": accum}),
-                f"micro_batch {micro} -> {new_micro}, grad_accum {train.grad_accum} -> {accum}")
-    if train.grad_checkpointing == "auto":
-        return train.model_copy(update={"grad_checkpointing": True}), "activation checkpointing on"
-    return None
-
-
-def validation_rows(spec: TrialSpec) -> list[dict[str, Any]]:
-    """Rows for the training-time held-out loss (only with train.eval_every): the synthetic held-out
-    rows just past the ones evaluated, train.eval_rows per subtask of every domain. Never trained on
-    (another split), never scored (past eval.per_subtask), and one yardstick for every cell."""
-    if spec.kind != "trial" or spec.train.eval_every is None:
-        return []
-    from harness.tasks import registry, synthetic
-
-    start = spec.eval.per_subtask
-    return [row for sub in registry.all_subtasks()
-            for row in synthetic.generate_rows(sub.id, "heldout", start + spec.train.eval_rows,
-                                               seed=spec.data.world_seed)[start:]]
-
-
-@dataclass
-class Progress:
-    """What happens at each loss report: W&B, the held-out loss, the reporter (Ray Tune), and
-    intermediate adapters. Called by train_adapter as on_log(step, loss)."""
-
-    spec: TrialSpec
-    tokenizer: Any
-    fmt: str
-    device: str
-    logger: Any
-    reporter: Reporter | None
-    rows: list[dict[str, Any]]
-    adapters: Path
-    model: Any = None
-    eval_curve: list[tuple[int, float]] = field(default_factory=list)
-    saved: list[Path] = field(default_factory=list)
-
-    def start(self, model: Any) -> None:
-        self.model = model
-        self.restart()
-
-    @property
-    def staging(self) -> Path:
-        """Where an attempt keeps its intermediate adapters. The adapter directory itself is replaced
-        only when the final adapter is saved, so a re-run that fails never deletes the adapter that
-        the kept (successful) record points at."""
-        return self.adapters.with_name(self.adapters.name + ".partial")
-
-    def restart(self) -> None:
-        """A fresh attempt (also after an OOM retry): no stale adapters or losses from before."""
-        shutil.rmtree(self.staging, ignore_errors=True)
-        self.eval_curve, self.saved = [], []
-
-    def __call__(self, step: int, loss: float) -> None:
-        metrics: dict[str, Any] = {"step": step, "train_loss": loss}
-        every = self.spec.train.eval_every
-        if self.rows and every and step % every == 0:
-            metrics["eval_loss"] = self.held_out_loss(self.model, step)
-        self.logger.log({"train/loss": loss, **({"eval/loss": metrics["eval_loss"]}
-                                                if "eval_loss" in metrics else {})}, step=step)
-        self._maybe_checkpoint(step)
-        if self.reporter:
-            self.reporter(metrics)
-
-    def held_out_loss(self, model: Any, step: int) -> float:
-        from harness.training.loop import eval_loss
-
-        was_training = model.model.training
-        model.model.eval()  # no dropout: the loss is comparable across steps and consumes no random numbers
-        micro = self.spec.train.micro_batch  # what fits for training fits without gradients
-        value = eval_loss(model, self.tokenizer, self.rows, self.spec.train, fmt=self.fmt,
-                          device=self.device, batch_size=micro if isinstance(micro, int) else 8)
-        model.model.train(was_training)
-        self.eval_curve.append((step, value))
-        return value
-
-    def final_eval_loss(self, model: Any) -> float | None:
-        if not self.rows:
-            return None
-        if self.eval_curve and self.eval_curve[-1][0] == self.spec.train.steps:
-            return self.eval_curve[-1][1]
-        value = self.held_out_loss(model, self.spec.train.steps)
-        self.logger.log({"eval/loss": value}, step=self.spec.train.steps)
-        return value
-
-    def curve_info(self) -> dict[str, Any]:
-        return {"eval_loss_curve": self.eval_curve} if self.eval_curve else {}
-
-    def _maybe_checkpoint(self, step: int) -> None:
-        train = self.spec.train
-        if (train.checkpoint_every is None or train.keep_checkpoints < 2 or step % train.checkpoint_every
-                or step >= train.steps):
-            return
-        path = self.staging / f"step-{step:06d}"
-        self.model.save(path)
-        self.saved.append(path)
-        for old in self.saved[: -(train.keep_checkpoints - 1)]:  # the final adapter is the last kept
-            shutil.rmtree(old, ignore_errors=True)
-        self.saved = self.saved[-(train.keep_checkpoints - 1):]
-
-    def save_final(self, model: Any) -> tuple[dict[str, Any], int]:
-        """Save the final adapter (before evaluation: a crash there keeps the weights); returns the
-        record's artifact entries, as paths relative to the results directory, and its bytes on
-        disk (the final adapter alone, not the intermediate ones kept beside it). With
-        keep_checkpoints 0 the adapter is measured in a scratch directory, then dropped."""
-        if self.spec.train.keep_checkpoints < 1:
-            import tempfile
-
-            with tempfile.TemporaryDirectory() as scratch:
-                return {}, model.save(Path(scratch))
-        final = self.adapters.with_name(self.adapters.name + ".final")
-        shutil.rmtree(final, ignore_errors=True)
-        size = model.save(final)
-        for checkpoint in self.saved:
-            checkpoint.rename(final / checkpoint.name)
-        shutil.rmtree(self.adapters, ignore_errors=True)
-        final.rename(self.adapters)
-        shutil.rmtree(self.staging, ignore_errors=True)
-        self.saved = [self.adapters / p.name for p in self.saved]
-        root = self.adapters.parent.parent
-        return {"adapter": str(self.adapters.relative_to(root)),
-                "adapter_checkpoints": [str(p.relative_to(root)) for p in self.saved]}, size
-
-
 def _failed_record(spec: TrialSpec, exc: BaseException) -> TrialRecord:
     reason = f"{type(exc).__name__}: {exc}"
     tb = traceback.format_exception(exc)
@@ -470,59 +248,6 @@ def failed_record_for(spec: TrialSpec, reason: str, status: TrialStatus = TrialS
                     factors=spec.factors),
         train=TrainInfo(status=status, reason=reason),
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Environment and bookkeeping
-
-
-def select_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _release(device: str) -> None:
-    """Free accelerator memory (once nothing refers to the model) so the next attempt or the next
-    trial on this worker starts clean."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-
-
-def run_meta(device: str) -> dict[str, Any]:
-    versions = {}
-    for pkg in PACKAGES:
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {"versions": versions, "device": _device_name(device), "host": platform.node(),
-            "python": platform.python_version(), **git_state()}
-
-
-def _device_name(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name()
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-
-
-def git_state() -> dict[str, Any]:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, timeout=5).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                    capture_output=True, text=True, timeout=5).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        return {"git_commit": None, "git_dirty": None}
-    return {"git_commit": commit or None, "git_dirty": dirty if commit else None}
 
 
 def _start_logger(spec: TrialSpec, results_dir: Path, wandb: WandbSpec):

@@ -203,7 +203,7 @@ def test_a_failed_rerun_keeps_the_adapter_of_the_kept_success(tmp_path, monkeypa
 
 
 def test_out_of_memory_at_micro_batch_1_retries_with_activation_checkpointing(tmp_path, monkeypatch):
-    from harness.trial.run import smaller_split
+    from harness.trial.oom import smaller_split
 
     spec = _small(micro_batch=1, grad_accum=4)
     monkeypatch.setenv("HARNESS_FAULTS", f"oom:{spec.trial_id}")
