@@ -6,7 +6,7 @@ Every evaluation file is read and validated (bad rows named `FILE:row N`, as the
 the sources' held-out split is built, and every metric the evaluation rows name is checked to run
 on this machine (the ja-mecab tokenizer of jp-bleu, the sentence-transformer models, the
 multilingual one's HARNESS_MULTILINGUAL_ST_MODEL). With --address the driver's pre-launch probe
-repeats the metric check on a worker (harness.sweep.driver).
+repeats the metric check on a worker (harness.sweep.cluster).
 """
 
 from __future__ import annotations

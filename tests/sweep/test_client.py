@@ -202,7 +202,7 @@ def test_sweep_through_ray_client(tmp_path, head):
 def test_address_auto_finds_the_running_cluster(head):
     """`--address auto` connects to the cluster `ray start` started (found through RAY_TMPDIR), and
     the pre-launch probe runs there; a cheap check, no sweep."""
-    code = ("from harness.sweep.driver import _init_ray; ray = _init_ray('auto', None); "
+    code = ("from harness.sweep.cluster import _init_ray; ray = _init_ray('auto', None); "
             "print('GCS', ray.get_runtime_context().gcs_address)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                           env={**head.env, "RAY_ADDRESS": ""}, timeout=120)
@@ -214,11 +214,11 @@ def test_cluster_that_cannot_see_output_dir_is_refused(tmp_path, head):
     """A results directory, or a data or evaluation file, that the cluster does not see stops the
     sweep before any trial starts."""
     code = ("import sys; from pathlib import Path; from harness.errors import InputError\n"
-            "from harness.sweep import driver as sweep; sweep.SHARED_DIR_WAIT_S = 0.5\n"
-            "ray = sweep._init_ray(sys.argv[1], None)\n"
-            "try:\n    sweep._probe_cluster(ray, sys.argv[1], Path(sys.argv[2]))\n"
+            "from harness.sweep import cluster; cluster.SHARED_DIR_WAIT_S = 0.5\n"
+            "ray = cluster._init_ray(sys.argv[1], None)\n"
+            "try:\n    cluster._probe_cluster(ray, sys.argv[1], Path(sys.argv[2]))\n"
             "except InputError as exc:\n    print('REFUSED', exc)\n"
-            "try:\n    sweep._probe_cluster(ray, sys.argv[1], None, {'eval.sets[1].path': '/nowhere/dev.json'})\n"
+            "try:\n    cluster._probe_cluster(ray, sys.argv[1], None, {'eval.sets[1].path': '/nowhere/dev.json'})\n"
             "except InputError as exc:\n    print('REFUSED', exc)\n")
     proc = subprocess.run([sys.executable, "-c", code, head.client_address, str(tmp_path / "nowhere")],
                           capture_output=True, text=True, cwd=REPO,
@@ -246,28 +246,28 @@ class FakeRay:
 
 def test_client_connects_again_when_its_server_process_dies_at_start(monkeypatch):
     """ray-project/ray#63202: now and then the proxier's per-client server dies as it starts."""
-    from harness.sweep import driver as sweep
+    from harness.sweep import cluster
 
-    monkeypatch.setattr(sweep.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(cluster.time, "sleep", lambda _s: None)
     fake = FakeRay(ConnectionAbortedError("Initialization failure from server:\nTraceback ..."))
-    sweep._connect(fake, "ray://head:10001")
+    cluster._connect(fake, "ray://head:10001")
     assert len(fake.calls) == 2
-    assert fake.calls[0] == {"address": "ray://head:10001", "runtime_env": {"env_vars": sweep.CLIENT_ENV}}
+    assert fake.calls[0] == {"address": "ray://head:10001", "runtime_env": {"env_vars": cluster.CLIENT_ENV}}
 
 
 def test_unreachable_client_server_is_an_input_error_at_once():
-    from harness.sweep import driver as sweep
     from harness.errors import InputError
+    from harness.sweep import cluster
 
     fake = FakeRay(ConnectionError("ray client connection timeout"))
     with pytest.raises(InputError, match="--address ray://head:1: cannot connect.*ray-client-server-port"):
-        sweep._connect(fake, "ray://head:1")
+        cluster._connect(fake, "ray://head:1")
     assert len(fake.calls) == 1
 
 
 def test_num_cpus_is_refused_for_an_existing_cluster():
     from harness.errors import InputError
-    from harness.sweep.driver import _init_ray
+    from harness.sweep.cluster import _init_ray
 
     with pytest.raises(InputError, match="--num-cpus 2 is for a local Ray"):
         _init_ray("ray://head:10001", 2)

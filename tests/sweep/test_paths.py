@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from harness.spec.load import absolute_paths, load_sweep, local_paths, validate_sweep
-from harness.sweep.driver import _node_probe
+from harness.sweep.cluster import _node_probe
 
 DEV_LIKE = Path(__file__).resolve().parents[1] / "fixtures" / "organisers_layout" / "eighteen_tasks.json"
 

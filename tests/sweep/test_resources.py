@@ -6,7 +6,7 @@ import pytest
 
 from harness.errors import InputError
 from harness.spec.load import validate_sweep
-from harness.sweep.driver import alive_nodes, describe_nodes, trial_resources
+from harness.sweep.resources import alive_nodes, describe_nodes, trial_resources
 
 
 def _spec(cpu=1, gpu="auto"):

@@ -8,7 +8,7 @@ import pytest
 from harness.results import EvalResult, RunInfo, TrainInfo, TrialRecord, TrialStatus
 from harness.spec.expand import expand_trials
 from harness.spec.load import validate_sweep
-from harness.sweep.driver import FACTORS, FactorSampler, factor_keys, factor_space
+from harness.sweep.search import FACTORS, FactorSampler, factor_keys, factor_space
 
 SPEC = {"name": "search", "search": {"method": "optuna", "num_samples": 3},
         "grid": {"domains": {"each": ["concept", "reasoning"]}, "lora_rank": [2, 4, 8], "seed": [0, 1]}}
