@@ -1,6 +1,6 @@
 """A trial's training attempt, retried on out of memory with a smaller split of the same step.
 
-    model, result, retries = _train_with_oom_retry(model, tokenizer, rows, spec, fmt, device, progress, dist)
+    model, result, retries = _train_with_oom_retry(model, tokenizer, rows, spec, fmt, device, monitor, dist)
 
 A retry halves the micro-batch and keeps micro_batch x grad_accum (the same learning) down to one
 sample, then turns activation checkpointing on (grad_checkpointing auto); each starts again from
@@ -17,10 +17,11 @@ from harness.trial.environment import _release
 from harness.trial.faults import _inject_model_faults, inject_fault
 
 if TYPE_CHECKING:
-    from harness.trial.progress import Progress
+    from harness.trial.monitor import TrainingMonitor
 
 
-def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, progress: "Progress", dist):
+def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, monitor: "TrainingMonitor",
+                          dist):
     """Out of memory is retried with a smaller split of the same step: half the micro-batch and the
     accumulation that keeps micro_batch x grad_accum exactly (the same examples, the same token-weighted
     loss; see train.make_batches), down to micro-batch 1; then, with grad_checkpointing auto, with
@@ -33,7 +34,7 @@ def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, 
     from harness.training.loop import train_adapter
 
     model = attach(model, spec.capacity)
-    progress.start(model)
+    monitor.start(model)
     _inject_model_faults(model, spec)
     initial = [p.detach().clone() for p in model.trainable_parameters()]  # the adapter is small
     train_spec, retries = spec.train, []
@@ -44,7 +45,7 @@ def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, 
             if not retries:
                 inject_fault(spec, "oom")
             result = train_adapter(model, tokenizer, rows, train_spec, seed=spec.seed, fmt=fmt,
-                                device=device, on_log=progress, dist=dist)
+                                device=device, on_log=monitor, dist=dist)
             return model, result, retries
         except torch.OutOfMemoryError as exc:
             smaller = None if dist.world > 1 else smaller_split(train_spec)
@@ -57,7 +58,7 @@ def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, 
             with torch.no_grad():
                 for param, start in zip(model.trainable_parameters(), initial):
                     param.copy_(start)
-            progress.restart()
+            monitor.restart()
             _release(device)
 
 

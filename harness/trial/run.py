@@ -28,7 +28,7 @@ from harness.results import (DataInfo, EvalResult, RunInfo, TrainInfo, TrialReco
 from harness.spec.schema import TrialSpec, WandbSpec, budget_steps
 from harness.trial.environment import _release, run_meta, select_device
 from harness.trial.oom import _train_with_oom_retry
-from harness.trial.progress import Progress, Reporter, validation_rows
+from harness.trial.monitor import Reporter, TrainingMonitor, validation_rows
 
 log = logging.getLogger(__name__)
 
@@ -166,26 +166,26 @@ class TrainingRun:
         # train.epochs: the steps follow this mixture's size; helper ranks get the resolved spec
         steps = budget_steps(self.spec.train, len(mixture.rows))
         spec = self.spec = self.spec.model_copy(update={"train": self.spec.train.model_copy(update={"steps": steps})})
-        progress = Progress(spec=spec, tokenizer=self.tokenizer, fmt=self.fmt, device=self.device, logger=logger,
-                            reporter=reporter, rows=validation_rows(spec),
-                            adapters=adapter_dir(self.results_dir, spec))
+        monitor = TrainingMonitor(spec=spec, tokenizer=self.tokenizer, fmt=self.fmt, device=self.device,
+                                  logger=logger, reporter=reporter, rows=validation_rows(spec),
+                                  adapters=adapter_dir(self.results_dir, spec))
         payload = {"spec": spec.model_dump(mode="json"), "results_dir": str(self.results_dir)}
         with launch_ranks(self.ranks, entry="harness.trial.run:train_rank", device=self.device,
                           threads=torch.get_num_threads(), payload=payload) as dist:
             model, result, retries = _train_with_oom_retry(model, self.tokenizer, mixture.rows, spec, self.fmt,
-                                                           self.device, progress, dist)
-        artifacts, adapter_bytes = progress.save_final(model)
+                                                           self.device, monitor, dist)
+        artifacts, adapter_bytes = monitor.save_final(model)
         stats = mixture.stats
         data_info = DataInfo(fingerprint=mixture.fingerprint, examples=stats.examples,
                              tokens=result.tokens_per_subtask, diversity=stats.diversity(),
                              contaminated_removed=stats.contaminated_removed, skipped_rows=stats.skipped_rows)
         train_info = TrainInfo(status=TrialStatus.SUCCESS, steps=result.steps, tokens=result.tokens,
-                               final_loss=result.final_loss, eval_loss=progress.final_eval_loss(model),
+                               final_loss=result.final_loss, eval_loss=monitor.final_eval_loss(model),
                                wall_s=result.wall_s, tokens_per_s=result.tokens_per_s,
                                peak_mem_mb=result.peak_mem_mb, trainable_params=result.trainable_params,
                                adapter_bytes=adapter_bytes, loss_curve=result.loss_curve, retries=retries,
                                layout=result.layout,
-                               **progress.curve_info())
+                               **monitor.curve_info())
         return model, data_info, train_info, artifacts
 
 

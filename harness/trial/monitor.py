@@ -1,4 +1,4 @@
-"""What a training run does at each loss report, and with its adapters (`Progress`).
+"""What a training run does at each loss report, and with its adapters (`TrainingMonitor`).
 
 At every train.log_every steps: the loss to W&B, the held-out loss (train.eval_every, on
 `validation_rows`), the reporter (Ray Tune, whose ASHA scheduler stops trials on that loss) and an
@@ -34,7 +34,7 @@ def validation_rows(spec: TrialSpec) -> list[dict[str, Any]]:
 
 
 @dataclass
-class Progress:
+class TrainingMonitor:
     """What happens at each loss report: W&B, the held-out loss, the reporter (Ray Tune), and
     intermediate adapters. Called by train_adapter as on_log(step, loss)."""
 
