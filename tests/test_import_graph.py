@@ -4,6 +4,9 @@ Every module under harness/ is parsed (not imported); each `import` or `from ...
 harness module is an edge, wherever it sits. Importing `a.b.c` also runs the package `a.b`'s
 __init__, so that is an edge too, except from inside the package (its __init__ is already running).
 A cycle here is one a function-local import merely hides until the day it is called first.
+
+The stages (harness.spec, harness.data, harness.training, ...) are also layered, one way: LAYERS
+lists them top to bottom and no import may go up (justified exceptions are listed, with why).
 """
 
 from __future__ import annotations
@@ -98,3 +101,84 @@ def test_config_no_longer_imports_capacity_from_inside_functions():
     capacity = {m for m in graph if m.startswith("harness.capacity")}
     assert not any(t.startswith("harness.spec") for m in capacity for t in graph[m])
     assert "harness.capacity.settings" in graph["harness.spec.expand"]
+
+
+# The stages of the harness, top to bottom: a module may import its own stage and any stage below
+# its own, never one above it nor a peer on its row. Derived from what the code imports.
+LAYERS = [
+    ("cli",),  # the `harness` command
+    ("sweep",),  # the Ray Tune driver, preflight
+    ("trial",),  # one trial, no Ray
+    ("training", "evaluate"),  # fine-tuning; ShopBench scoring and inference
+    ("data",),  # mixtures, evaluation sets, prompts, embeddings
+    ("spec",),  # the sweep spec, expansion, estimates (torch-free)
+    ("capacity",),  # adapter families
+    ("shapes",),  # model shapes without weights
+    ("model",),  # base models (builtin:tiny is trained on the synthetic world's text)
+    ("tasks",),  # domains, subtasks, the synthetic world, readers
+    ("tracking",),  # W&B runs
+    ("results",),  # the record schema
+    ("errors", "strict_model"),
+]
+# The analysis reads records only (and imports without torch or ray); only the command runs it.
+SIDE_STAGES = {"analysis": {"results", "errors", "tracking"}}
+# (module, stage it imports from above its own): why.
+UPWARD_EXCEPTIONS = {
+    ("harness.tasks.generate", "spec"):
+        "`harness data generate` reads its YAML spec with the sweep files' strict reader, --set "
+        "overrides and path rules (harness.spec.load), one reader for every YAML a user writes; "
+        "only the command runs it, and a home below tasks would be a ninth top-level module",
+}
+
+
+def stage_of(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else ""
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that goes against LAYERS and SIDE_STAGES (between stages; within one, anything)."""
+    rank = {stage: i for i, row in enumerate(LAYERS) for stage in row}
+    bad = []
+    for module, targets in graph.items():
+        here = stage_of(module)
+        for target in sorted(targets):
+            there = stage_of(target)
+            if here == there or (module, there) in UPWARD_EXCEPTIONS:
+                continue
+            if here in SIDE_STAGES:
+                ok = there in SIDE_STAGES[here]
+            elif there in SIDE_STAGES:
+                ok = here == "cli"
+            else:
+                ok = rank[here] < rank[there]
+            if not ok:
+                bad.append(f"{module} -> {target}")
+    return bad
+
+
+def test_every_stage_is_placed_in_the_layers():
+    placed = {stage for row in LAYERS for stage in row} | set(SIDE_STAGES)
+    stages = {stage_of(m) for m in import_graph()} - {""}
+    assert stages == placed, f"unplaced: {stages - placed}, gone: {placed - stages}"
+
+
+def test_no_import_goes_up_the_layers():
+    bad = upward_imports(import_graph())
+    assert not bad, ("imports against the layers (move the code down, or justify it in UPWARD_EXCEPTIONS):\n  "
+                     + "\n  ".join(bad))
+
+
+def test_every_listed_exception_is_still_needed():
+    graph = import_graph()
+    used = {(m, stage_of(t)) for m, targets in graph.items() for t in targets}
+    assert set(UPWARD_EXCEPTIONS) <= used, set(UPWARD_EXCEPTIONS) - used
+
+
+def test_the_layer_check_finds_an_upward_import_and_a_peer_import():
+    graph = {"harness.data.mixture": {"harness.evaluate.metrics"},
+             "harness.training.loop": {"harness.evaluate"},
+             "harness.analysis.load": {"harness.results", "harness.spec.schema"},
+             "harness.sweep.driver": {"harness.trial.run"}}
+    assert upward_imports(graph) == ["harness.data.mixture -> harness.evaluate.metrics",
+                                     "harness.training.loop -> harness.evaluate",
+                                     "harness.analysis.load -> harness.spec.schema"]
