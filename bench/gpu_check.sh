@@ -10,7 +10,8 @@
 #
 # Steps, in priority order (a step is skipped when the deadline leaves it under 20 s):
 #   A  Qwen2.5-0.5B shape, rank 16 and 64: plain transformers + peft vs the best lever combinations
-#   T  the GPU-marked tests of fastloss/membudget (bf16 CUDA loss = transformers', the memory probe)
+#   T  the GPU-marked tests of training/losses and training/micro_batch (bf16 CUDA loss = transformers',
+#      the memory probe)
 #   C  Qwen2.5-7B shape, rank 16, fewer steps: the same comparison as A
 #   B  Qwen2.5-0.5B shape, rank 16: each lever alone, briefly (chunked-all vs chunked: the selection)
 #   D  auto micro-batch (analytic estimate + probe) under a forced 6 GiB budget, 512 samples a step

@@ -59,7 +59,7 @@ def _fixture_record(name: str = "a9bd837500aa"):
 
 
 def test_a_trial_run_reads_back_with_every_factor_and_score(tmp_path, spec):
-    """What a finished trial logs (trial.py: trial_config at start, log_record at the end), read
+    """What a finished trial logs (harness.trial.run: trial_config at start, log_record at the end), read
     back from the offline run with wandb's own reader. Scores come from a real smoke record."""
     record = _fixture_record()
     config = trial_config(spec.factors, sweep="track", kind="trial", base_model=spec.base_model,

@@ -44,7 +44,7 @@ def compile_decoder_layers(model: nn.Module, **compile_kwargs: Any) -> int:
 
     Per layer rather than the whole model: the graph breaks of the HF/peft wrappers (mask building,
     output dataclasses) stay outside, one compiled graph serves all the layers of a model, and
-    fastloss.causal_lm_loss, which calls the decoder directly, still runs the compiled layers.
+    losses.causal_lm_loss, which calls the decoder directly, still runs the compiled layers.
     dynamic=True (overridable): batch shapes vary from step to step, and compiling dynamic from the
     start saves the static-then-dynamic recompile. Two graphs remain, the first layer's (its input,
     the frozen embedding's output, needs no grad) and the others': warm up two steps before timing.
