@@ -1,23 +1,11 @@
 """The spec side must import without torch or ray: `harness plan` and sweep expansion run before
 anything heavy loads (as the analysis side, tests/analysis/test_imports.py)."""
 
-import subprocess
-import sys
-from pathlib import Path
+from light_imports import assert_imports_without_torch_or_ray
 
-REPO = Path(__file__).resolve().parents[2]
-
-CHECK = """
-import sys
-import harness.spec
-import harness.spec.estimate, harness.spec.expand, harness.spec.load, harness.spec.schema
-import harness.spec.validate
-heavy = sorted(m for m in ("torch", "ray") if m in sys.modules)
-assert not heavy, f"the spec imported {heavy}"
-"""
+MODULES = ["harness.spec", "harness.spec.estimate", "harness.spec.expand", "harness.spec.load",
+           "harness.spec.schema", "harness.spec.validate"]
 
 
 def test_spec_imports_without_torch_or_ray():
-    result = subprocess.run([sys.executable, "-c", CHECK], cwd=REPO, capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+    assert_imports_without_torch_or_ray(MODULES)
