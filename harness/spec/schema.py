@@ -125,7 +125,8 @@ class TrainSpec(Spec):
     weight_decay: float = Field(default=0.0, ge=0)
     log_every: int = Field(default=10, ge=1)  # steps between loss reports
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    # Speed and memory levers (harness.training.losses, harness.training.levers); the same learning up to float rounding.
+    # Speed and memory levers (harness.training.losses, harness.training.levers); the same learning up to
+    # float rounding.
     # chunked: the LM head and cross-entropy only on labelled (response) positions, chunk by chunk, never
     # the full-vocabulary fp32 logits; fused: the same with each chunk's gradient computed in the forward.
     loss: Literal["plain", "chunked", "fused"] = "chunked"

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from harness.shapes import ModelShape, shape_from_config
-from harness.spec.estimate import ACT_BYTES_PER_TOKEN_LAYER_HIDDEN, LOGIT_BYTES_PER_TOKEN_VOCAB, LORA_BYTES_PER_PARAM
+from harness.spec.estimate import (ACT_BYTES_PER_TOKEN_LAYER_HIDDEN, LOGIT_BYTES_PER_TOKEN_VOCAB,
+                                   LORA_BYTES_PER_PARAM)
 
 log = logging.getLogger(__name__)
 GIB = 2**30

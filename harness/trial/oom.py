@@ -25,9 +25,10 @@ def _train_with_oom_retry(model, tokenizer, rows, spec: TrialSpec, fmt, device, 
     """Out of memory is retried with a smaller split of the same step: half the micro-batch and the
     accumulation that keeps micro_batch x grad_accum exactly (the same examples, the same token-weighted
     loss; see harness.training.batching.make_batches), down to micro-batch 1; then, with
-    grad_checkpointing auto, with activation checkpointing on. Each retry starts again from the adapter's initial weights, so the
-    run learns what that split learns from the start however far the failed attempt got; the record
-    lists the retries. Not with several ranks (they would have to retry in step)."""
+    grad_checkpointing auto, with activation checkpointing on. Each retry starts again from the
+    adapter's initial weights, so the run learns what that split learns from the start however far
+    the failed attempt got; the record lists the retries. Not with several ranks (they would have to
+    retry in step)."""
     import torch
 
     from harness.capacity.adapters import attach
