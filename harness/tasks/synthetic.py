@@ -271,13 +271,17 @@ def _offer_text(cat: Category, quantity: int, price: float) -> str:
 
 
 def _offers(cat: Category, p: Product, rng: random.Random) -> list[tuple[int, float]] | None:
-    """Four (quantity, price) offers whose cheapest unit price beats the next by at least 5%."""
+    """Four (quantity, price) offers whose cheapest unit price beats the next by at least 5%.
+
+    Either the price is shared (the cheapest per unit is the largest quantity) or the quantity is
+    (the cheapest is the lowest price): comparisons, not division, which a model of a few million
+    parameters cannot do and which would leave the subtask unlearnable by the embedded default."""
     unit = p.price / p.quantity
     sizes = sorted({m * q for q in cat.quantities for m in (1, 2, 3, 4)
                     if cat.unit == "item" or m * q <= 2 * max(cat.quantities)})
-    mode = rng.randrange(3)  # 0: same price, 1: same quantity, 2: both vary
-    quantities = [p.quantity] * 4 if mode == 1 else rng.sample(sizes, 4)
-    if mode == 0:
+    same_price = rng.random() < 0.5
+    quantities = rng.sample(sizes, 4) if same_price else [p.quantity] * 4
+    if same_price:
         price = unit * sorted(quantities)[1] * rng.uniform(0.9, 1.1)
         offers = [(q, round(price, 2)) for q in quantities]
     else:

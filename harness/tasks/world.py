@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-WORLD_VERSION = 2  # bump when the world or the corpus changes, so cached pretrained models rebuild
+WORLD_VERSION = 3  # bump when the world or the corpus changes, so cached pretrained models rebuild
 HELDOUT_PERCENT = 20  # share of entity keys held out for evaluation
 
 # ---------------------------------------------------------------------------------------------
@@ -700,11 +700,14 @@ def _search_pages(world: World, rng: random.Random) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Drills: generic multiple-choice exercises over the world's vocabulary. An instruction-tuned LLM
-# arrives knowing how to answer a numbered-option question; a tiny model does not, and LoRA on a few
+# Drills: generic exercises over the world's vocabulary. An instruction-tuned LLM arrives knowing how
+# to answer a numbered-option question and how to copy a span; a tiny model does not, and LoRA on a few
 # hundred steps cannot teach it. The drills teach the layout and the habit of choosing by content
 # (which word is in a title, which word is a color, a translation, a department, the larger number),
-# never a subtask's question: those stay for fine-tuning to teach.
+# answered with the option's text as `mc_answer: option_text` trains, and copying a marked span (which
+# the extraction subtasks build on); never a subtask's question: those stay for fine-tuning to teach.
+# Digit answers taught nothing here: a model of this size cannot learn which number points at which
+# option.
 
 DRILLS_PER_WORLD = 6000
 _DRILL_KINDS: Mapping[str, tuple[str, ...]] = MappingProxyType({
@@ -718,7 +721,7 @@ def _drill(question: str, correct: str, distractors: list[str], rng: random.Rand
     options = [correct] + distractors
     rng.shuffle(options)
     lines = [f"Drill: {question}"] + [f"{i}. {o}" for i, o in enumerate(options)]
-    return "\n".join(lines) + f"\nAnswer: {options.index(correct)}"
+    return "\n".join(lines) + f"\nAnswer: {correct}"
 
 
 def _drill_mention(world: World, rng: random.Random) -> str:
@@ -759,7 +762,23 @@ def _drill_number(world: World, rng: random.Random) -> str:
                   [str(n) for n in numbers if n != best], rng)
 
 
-_DRILLS = (_drill_mention, _drill_kind, _drill_translation, _drill_department, _drill_number)
+def _drill_copy(world: World, rng: random.Random) -> str:
+    """Copy a bracketed span of a review or a title: the generic copying habit that extraction
+    subtasks build on (which span to copy stays theirs to teach)."""
+    if rng.random() < 0.5:  # train-split reviews only: a held-out review's spans stay unseen
+        r = rng.choice([r for r in world.reviews if world.split_of(r.key) == "train"])
+        span = rng.choice(r.mentions)[1]
+        text = r.text.replace(span, f"[{span}]", 1)
+    else:
+        words = rng.choice(world.products).title.replace(",", "").split()
+        k = rng.randrange(len(words))
+        n = rng.randint(1, min(2, len(words) - k))
+        span = " ".join(words[k:k + n])
+        text = " ".join(words[:k] + [f"[{span}]"] + words[k + n:])
+    return f"Drill: copy the words in brackets.\nText: {text}\nAnswer: {span}"
+
+
+_DRILLS = (_drill_mention, _drill_kind, _drill_translation, _drill_department, _drill_number, _drill_copy)
 
 
 def _drill_pages(world: World, rng: random.Random) -> list[str]:

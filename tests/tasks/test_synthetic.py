@@ -131,6 +131,14 @@ def test_unit_price_answer_is_the_cheapest_per_unit():
         assert sorted(per)[0] * 1.05 <= sorted(per)[1] * 1.0001
 
 
+def test_unit_price_needs_a_comparison_not_a_division():
+    """Offers share either their price or their quantity: a tiny model can compare numbers, not divide."""
+    for r in _rows("unit_price"):
+        offers = [re.search(r"(\d+)\D+\$([\d.]+)", o).groups() for o in _options(r["input_field"])]
+        quantities, prices = {q for q, _ in offers}, {p for _, p in offers}
+        assert len(quantities) == 1 or len(prices) == 1, r["input_field"]
+
+
 def test_pack_total_answer_multiplies_packs_by_pack_size():
     for r in _rows("pack_total"):
         k = int(re.search(r"buys (\d+) packs", r["input_field"]).group(1))
@@ -188,6 +196,25 @@ def test_corpus_has_no_task_prompts_and_option_lists_only_in_drills(corpus):
             assert r["input_field"].strip() not in corpus
             first_line = r["input_field"].split("\n")[0]
             assert first_line not in corpus or len(first_line) < 25, (sub, first_line)
+
+
+def test_drills_answer_with_the_right_option_text_or_the_bracketed_span():
+    """The drills answer the way `mc_answer: option_text` trains: with the option's text, not its number."""
+    world = synthetic.build_world(0)
+    train_reviews = {r.text for r in world.reviews if world.split_of(r.key) == "train"}
+    titles = {p.title.replace(",", "") for p in world.products}
+    kinds = set()
+    for d in (d for d in synthetic.world_corpus(0) if d.startswith("Drill: ")):
+        answer = d.rsplit("\nAnswer: ", 1)[1]
+        if d.startswith("Drill: copy"):
+            text = re.search(r"\nText: (.*)\n", d).group(1)
+            assert f"[{answer}]" in text and text.replace(f"[{answer}]", answer) in train_reviews | titles
+            kinds.add("copy")
+        else:
+            options = _options(d)
+            assert len(options) == 4 and options.count(answer) == 1, d
+            kinds.add("choice")
+    assert kinds == {"copy", "choice"}
 
 
 def test_corpus_leaves_out_heldout_translations_and_sessions(corpus):
