@@ -21,9 +21,13 @@ from harness.spec.schema import SweepSpec, TrialSpec, budget_steps
 
 GPU_ANCHOR = (0.494e9, 52_700.0)  # (params, tokens/s) Qwen2.5-0.5B, rank 16, one H200
 GPU_EXPONENT = 0.60  # tokens/s ~ params^-0.60 between the 0.5B and 7B anchors
-CPU_TINY_TOKENS_PER_S = 2_000.0  # builtin:tiny LoRA on one CPU core, measured here
+# builtin:tiny LoRA on one CPU core, in this estimate's tokens (steps x sequences x min(max_seq_len,
+# 120)): README command 1 on an idle 2-core machine trained 594 steps in 73-81 s and 188 in 22-25 s.
+CPU_TINY_TOKENS_PER_S = 15_000.0
 CPU_TINY_PARAMS = 0.87e6
-EVAL_SECONDS_PER_QUESTION = {"cpu": 0.04, "gpu": 0.01}  # batched greedy, tiny answers
+# CPU: the same run's 1900 held-out questions took about 20 s per trial (most are multiple-choice,
+# answered in one forward pass by option text). GPU: batched greedy, tiny answers.
+EVAL_SECONDS_PER_QUESTION = {"cpu": 0.01, "gpu": 0.01}
 SYNTHETIC_SUBTASKS = 19  # the synthetic held-out set: eval.per_subtask questions of every subtask
 WALL_CLOCK_GPUS = (1, 8)  # plan prints the wall-clock hours of the whole sweep on one and on eight GPUs
 # Bytes kept for backward per token, decoder layer and hidden unit, plain transformers + peft in bf16
