@@ -38,39 +38,60 @@ def format_prompt(input_field: str, tokenizer: Any, fmt: PromptFormat) -> str:
     return input_field.rstrip() + "\n"
 
 
-McAnswer = Literal["digit", "option_text"]
+McAnswer = Literal["digit", "option_text", "choice_text"]
 _OPTION_LINE = re.compile(r"^\s*(\d+)\.\s+(.*\S)\s*$", re.MULTILINE)
+LISTED = ("retrieval", "ranking")  # task types that choose among numbered candidates (from 1)
+LIST_SEPARATOR = "; "  # between candidate texts in a choice_text answer (titles hold commas)
 
 
-def option_texts(prompt: str) -> list[str]:
-    """The option texts a multiple-choice prompt lists as '0. ...', '1. ...' (the last such run)."""
+def _numbered_run(prompt: str, first: int) -> list[str]:
+    """The texts of the last run of lines numbered first, first + 1, ... in the prompt."""
     runs: list[list[str]] = []
     for match in _OPTION_LINE.finditer(prompt):
         k = int(match.group(1))
-        if k == 0:
+        if k == first:
             runs.append([match.group(2)])
-        elif runs and k == len(runs[-1]):
+        elif runs and k == first + len(runs[-1]):
             runs[-1].append(match.group(2))
     return runs[-1] if runs else []
 
 
+def option_texts(prompt: str) -> list[str]:
+    """The option texts a multiple-choice prompt lists as '0. ...', '1. ...' (the last such run)."""
+    return _numbered_run(prompt, 0)
+
+
+def candidate_texts(prompt: str) -> list[str]:
+    """The candidates a retrieval or ranking prompt lists as '1. ...', '2. ...' (the last such run)."""
+    return _numbered_run(prompt, 1)
+
+
+def _candidate_answer(row: dict[str, Any], order: list[int]) -> str | None:
+    """The texts of the candidates at these 1-based indices, joined; None if the prompt lacks one."""
+    texts = candidate_texts(row["input_field"])
+    if not order or not all(1 <= i <= len(texts) for i in order):
+        return None
+    return LIST_SEPARATOR.join(texts[i - 1] for i in order)
+
+
 def render_answer(row: dict[str, Any], mc_answer: McAnswer = "digit") -> str:
     """The training target for a row, in the form the task type's parser reads (multiple-choice with
-    mc_answer option_text: the chosen option's text, which evaluation maps back to its number)."""
+    mc_answer option_text or choice_text: the chosen option's text, which evaluation maps back to its
+    number; retrieval and ranking with choice_text: the chosen candidates' texts, in answer order)."""
     out, task_type = row["output_field"], row["task_type"]
-    if task_type == "multiple-choice" and mc_answer == "option_text":
+    if task_type == "multiple-choice" and mc_answer != "digit":
         options = option_texts(row["input_field"])
         if int(out) < len(options):
             return options[int(out)]
     if task_type == "multiple-choice":
         return str(int(out))
-    if task_type == "ranking":
-        # output_field holds one relevance weight per listed candidate; the answer is the 1-based
-        # candidate indices, most relevant first (stable for ties), which is what NDCG reads.
-        order = sorted(range(len(out)), key=lambda i: -out[i])
-        return ",".join(str(i + 1) for i in order)
-    if task_type == "retrieval":
-        return ",".join(str(int(v)) for v in out)
+    if task_type in LISTED:
+        # ranking: output_field holds one relevance weight per listed candidate; the answer is the
+        # 1-based candidate indices, most relevant first (stable for ties), which is what NDCG reads.
+        order = ([i + 1 for i in sorted(range(len(out)), key=lambda i: -out[i])] if task_type == "ranking"
+                 else [int(v) for v in out])
+        text = _candidate_answer(row, order) if mc_answer == "choice_text" else None
+        return text if text is not None else ",".join(str(i) for i in order)
     if task_type == "named_entity_recognition":
         return ", ".join(out)
     if isinstance(out, list):  # generation with several references: learn the first

@@ -14,6 +14,10 @@ next-token logit. Greedy generation answers with the argmax over the whole vocab
 its first token is an option digit the two agree; the fast path just never wanders off into text.
 A digit counts with or without a leading space (" 3" parses as 3 too). Rows whose option digits are
 not single tokens in this tokenizer, or whose options cannot be read, are generated instead.
+
+With `mc_answer` option_text a multiple-choice row is answered by the option whose text is likeliest
+as the continuation; with choice_text retrieval and ranking rows too, their numbered candidates
+ordered by likelihood (`option_scores`). Either way the response is numbers, as the parsers read.
 """
 
 from __future__ import annotations
@@ -27,11 +31,14 @@ from typing import Any
 
 import torch
 
-from harness.data.prompting import MAX_NEW_TOKENS, McAnswer, PromptFormat, format_prompt, option_texts
+from harness.data.prompting import (LIST_SEPARATOR, LISTED, MAX_NEW_TOKENS, McAnswer, PromptFormat,
+                                    candidate_texts, format_prompt, option_texts)
+from harness.evaluate.parsers import RETRIEVAL_LENGTH
 
 log = logging.getLogger(__name__)
 
 MC = "multiple-choice"
+LIST_END = LIST_SEPARATOR.rstrip()  # what follows a candidate's text when more are listed after it
 # The ShopBench parser reads one character, so only options 0-9 can ever be answered.
 MAX_OPTIONS = 10
 _OPTION_LINE = re.compile(r"^[ \t]*(\d+)\.\s", re.MULTILINE)
@@ -66,12 +73,10 @@ def _answer_multiple_choice(model: Any, tokenizer: Any, rows: list[dict[str, Any
                             device: str, max_prompt_tokens: int) -> set[int]:
     """Fill in the responses of the multiple-choice rows a one-forward path answers (option texts by
     likelihood, or digit logits); the indices it answered, which generation then skips."""
-    if mc_answer == "option_text":
-        options = {i: option_texts(r["input_field"]) for i, r in enumerate(rows) if r["task_type"] == MC}
-        idx = [i for i, opts in options.items() if opts]
-        choices = answer_by_option_text(model, tokenizer, [prompts[i] for i in idx], [options[i] for i in idx],
-                                        batch_size=batch_size, device=device, max_prompt_tokens=max_prompt_tokens)
-    elif mc_logits:
+    if mc_answer != "digit":
+        return _answer_by_texts(model, tokenizer, rows, prompts, responses, listed=mc_answer == "choice_text",
+                                batch_size=batch_size, device=device, max_prompt_tokens=max_prompt_tokens)
+    if mc_logits:
         digits = mc_option_rows(rows, prompts, tokenizer)
         idx = sorted(digits, key=lambda i: len(prompts[i]))
         choices = answer_by_option_logits(model, tokenizer, [prompts[i] for i in idx], [digits[i] for i in idx],
@@ -82,6 +87,33 @@ def _answer_multiple_choice(model: Any, tokenizer: Any, rows: list[dict[str, Any
     for i, choice in zip(idx, choices):
         responses[i] = str(choice)
     return set(idx)
+
+
+def _answer_by_texts(model: Any, tokenizer: Any, rows: list[dict[str, Any]], prompts: list[str],
+                     responses: list[str], *, listed: bool, batch_size: int, device: str,
+                     max_prompt_tokens: int) -> set[int]:
+    """Multiple-choice rows by their likeliest option text; with `listed` (mc_answer choice_text) also
+    retrieval and ranking rows, whose candidates are ordered by how likely each text is as the
+    answer's first item (then the list separator). Responses are numbers, as the parsers read them."""
+    texts = {i: option_texts(r["input_field"]) for i, r in enumerate(rows) if r["task_type"] == MC}
+    if listed:
+        texts |= {i: candidate_texts(r["input_field"]) for i, r in enumerate(rows) if r["task_type"] in LISTED}
+    idx = [i for i, options in texts.items() if options]
+    ends = [LIST_END if rows[i]["task_type"] in LISTED else None for i in idx]
+    scores = option_scores(model, tokenizer, [prompts[i] for i in idx], [texts[i] for i in idx], ends,
+                           batch_size=batch_size, device=device, max_prompt_tokens=max_prompt_tokens)
+    for i, row_scores in zip(idx, scores):
+        responses[i] = _response_from_scores(rows[i]["task_type"], row_scores)
+    return set(idx)
+
+
+def _response_from_scores(task_type: str, scores: list[float]) -> str:
+    """multiple-choice: the best option's number (the first best on a tie); ranking: every candidate,
+    likeliest first; retrieval: the likeliest RETRIEVAL_LENGTH. Candidates are numbered from 1."""
+    if task_type == MC:
+        return str(scores.index(max(scores)))
+    order = [i + 1 for i in sorted(range(len(scores)), key=lambda i: -scores[i])]
+    return ",".join(str(i) for i in (order if task_type == "ranking" else order[:RETRIEVAL_LENGTH]))
 
 
 def respond_by_task_type(rows: Sequence[dict[str, Any]], prompts: Sequence[str],
@@ -181,21 +213,31 @@ def answer_by_option_text(model: Any, tokenizer: Any, prompts: Sequence[str], op
                           batch_size: int, device: str, max_prompt_tokens: int = 1024) -> list[int]:
     """For each prompt, the option whose text (then EOS) has the highest summed log-probability as
     the continuation: lm-eval's multiple-choice scoring by continuation likelihood."""
+    scores = option_scores(model, tokenizer, prompts, options, [None] * len(prompts), batch_size=batch_size,
+                           device=device, max_prompt_tokens=max_prompt_tokens)
+    return [mine.index(max(mine)) for mine in scores]  # the first best wins a tie
+
+
+def option_scores(model: Any, tokenizer: Any, prompts: Sequence[str], options: Sequence[list[str]],
+                  ends: Sequence[str | None], *, batch_size: int, device: str,
+                  max_prompt_tokens: int = 1024) -> list[list[float]]:
+    """Per prompt, each option's summed log-probability as the continuation: its text, then `end`'s
+    tokens (None: EOS, where the answer is the option alone)."""
     seqs = []
-    for prompt, opts in zip(prompts, options):
+    for prompt, opts, end in zip(prompts, options, ends):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         for text in opts:
-            answer = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            answer = tokenizer(text + (end or ""), add_special_tokens=False)["input_ids"]
+            answer += [tokenizer.eos_token_id] if end is None else []
             keep = max(_prompt_budget(model, max_prompt_tokens, len(answer)), 1)
             seqs.append((prompt_ids[-keep:], answer))
-    scores = [score for k in range(0, len(seqs), batch_size)
-              for score in _continuation_logprob(model, seqs[k : k + batch_size], tokenizer.pad_token_id, device)]
-    choices, start = [], 0
-    for opts in options:  # each prompt's options are consecutive in `scores`; the first best wins a tie
-        mine = scores[start : start + len(opts)]
-        choices.append(mine.index(max(mine)))
+    flat = [score for k in range(0, len(seqs), batch_size)
+            for score in _continuation_logprob(model, seqs[k : k + batch_size], tokenizer.pad_token_id, device)]
+    out, start = [], 0
+    for opts in options:  # each prompt's options are consecutive in `flat`
+        out.append(flat[start : start + len(opts)])
         start += len(opts)
-    return choices
+    return out
 
 
 def _continuation_logprob(model: Any, seqs: list[tuple[list[int], list[int]]], pad_id: int,

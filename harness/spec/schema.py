@@ -107,9 +107,11 @@ class TrainSpec(Spec):
     max_seq_len: int = Field(default=256, ge=16)  # tokens; longer examples are truncated from the left
     # How a multiple-choice row is answered, in training and in evaluation: digit (ShopBench: the
     # option's number) or option_text (the option's own text, lm-eval style: evaluation picks the
-    # option whose text the model finds likeliest and scores that option's number). option_text is
-    # for models too small to learn which number points at an option (builtin:tiny); see README.
-    mc_answer: Literal["digit", "option_text"] = "digit"
+    # option whose text the model finds likeliest and scores that option's number). choice_text
+    # answers retrieval and ranking rows the same way: training writes the chosen candidates' texts,
+    # evaluation orders the candidates by likelihood and scores their numbers. Both are for models
+    # too small to learn which number points at an option (builtin:tiny); see README.
+    mc_answer: Literal["digit", "option_text", "choice_text"] = "digit"
     # Pack each micro-batch's samples into padding-free rows; position ids restart per sample, so no
     # sample attends across a boundary. SDPA and eager build a dense block-diagonal mask whose cost
     # grows with the square of a row, so rows are bounded by pack_length (unset: the longest sample).

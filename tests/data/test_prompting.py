@@ -1,8 +1,9 @@
-"""Answer renderings: multiple-choice as the option number (ShopBench) or as the option's text."""
+"""Answer renderings: multiple-choice as the option number (ShopBench) or as the option's text;
+retrieval and ranking as candidate numbers or, with choice_text, as the candidates' texts."""
 
 from __future__ import annotations
 
-from harness.data.prompting import option_texts, render_answer
+from harness.data.prompting import candidate_texts, option_texts, render_answer
 
 MC = {"input_field": "Which one?\n0. red mug\n1. blue bowl\n2. It cannot be inferred.\nAnswer: ",
       "output_field": 1, "task_type": "multiple-choice", "metric": "accuracy"}
@@ -24,3 +25,22 @@ def test_multiple_choice_renders_as_number_or_option_text():
 def test_other_task_types_ignore_the_multiple_choice_form():
     row = {"input_field": "x", "output_field": [3, 1, 2], "task_type": "retrieval", "metric": "hit rate@3"}
     assert render_answer(row, "option_text") == render_answer(row) == "3,1,2"
+
+
+LISTED_PROMPT = "Rank these.\n1. red mug, large\n2. blue bowl\n3. pen\nOutput: "
+
+
+def test_candidate_texts_reads_the_last_run_numbered_from_one():
+    assert candidate_texts("Options:\n0. a\n1. b\n" + LISTED_PROMPT) == ["red mug, large", "blue bowl", "pen"]
+    assert candidate_texts("no candidates") == []
+
+
+def test_choice_text_writes_the_chosen_candidates_texts_in_answer_order():
+    ranking = {"input_field": LISTED_PROMPT, "output_field": [1, 3, 0], "task_type": "ranking", "metric": "ndcg"}
+    retrieval = {**ranking, "output_field": [1, 3], "task_type": "retrieval", "metric": "hit rate@3"}
+    assert render_answer(ranking, "choice_text") == "blue bowl; red mug, large; pen"  # grades 3, 1, 0
+    assert render_answer(retrieval, "choice_text") == "red mug, large; pen"
+    assert render_answer(ranking, "option_text") == render_answer(ranking) == "2,1,3"  # option_text: MC only
+    assert render_answer(MC, "choice_text") == "blue bowl"
+    past_the_list = {**retrieval, "output_field": [1, 4]}  # an index the prompt does not list keeps numbers
+    assert render_answer(past_the_list, "choice_text") == "1,4"

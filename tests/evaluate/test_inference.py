@@ -237,3 +237,25 @@ def test_option_text_responses_are_the_option_numbers(tiny, heldout):
     for row, response in zip(rows, responses):
         if row["task_type"] == "multiple-choice":
             assert response.isdigit() and int(response) < count_options(row["input_field"])
+
+
+def test_choice_text_orders_listed_candidates_by_their_likelihood_as_the_first_item(tiny, heldout):
+    from harness.data.prompting import candidate_texts
+    from harness.evaluate.inference import LIST_END, option_scores
+    from harness.evaluate.parsers import parse_ranking, parse_retrieval
+
+    tok, model = tiny
+    rows = [r for r in heldout if r["task_type"] in ("ranking", "retrieval")][:12]
+    assert {r["task_type"] for r in rows} == {"ranking", "retrieval"}
+    responses = generate_responses(model, tok, rows, fmt="raw", batch_size=16, device="cpu",
+                                   mc_answer="choice_text")
+    prompts = [format_prompt(r["input_field"], tok, "raw") for r in rows]
+    texts = [candidate_texts(r["input_field"]) for r in rows]
+    scores = option_scores(model, tok, prompts, texts, [LIST_END] * len(rows), batch_size=16, device="cpu")
+    for row, response, mine in zip(rows, responses, scores):
+        order = [int(k) for k in response.split(",")]
+        assert [mine[k - 1] for k in order] == sorted(mine, reverse=True)[: len(order)]
+        if row["task_type"] == "ranking":  # a permutation of every candidate: always parses
+            assert sorted(order) == list(range(1, len(mine) + 1)) and parse_ranking(response) == order
+        else:
+            assert len(set(order)) == 3 and parse_retrieval(response) == order
