@@ -13,8 +13,9 @@ is a diversity x capacity interaction, and the mechanism is memory:
     A trial trained on d subtasks must store d x keys facts. A low LoRA rank saturates when many
     subtasks are trained and not when few are, so the gain from adding subtasks grows with rank: a
     positive diversity x capacity interaction.
-  * facts: per_subtask (mechanism off). Each subtask's number is the same for every product: one fact
-    per subtask, which any rank holds. Adding subtasks gains the same at every rank: no interaction.
+  * facts: per_subtask (mechanism off). Each subtask's number is the same for every product, and no
+    two subtasks share one: one fact per subtask, which any rank holds. Adding subtasks gains the
+    same at every rank: no interaction.
 
 Evaluation asks the same facts with the same words (closed-book recall), so a sweep over this world
 turns the contamination check off (validation says so). Scoring is ShopBench generation with
@@ -81,5 +82,15 @@ def _key_titles(keys: int, seed: int) -> list[str]:
 
 
 def _number(subtask: str, title: str, facts: FactLayout, seed: int) -> int:
-    key = f"{seed}|{subtask}" if facts == "per_subtask" else f"{seed}|{subtask}|{title}"
-    return stable_hash(f"recall-fact|{key}") % N_VALUES + 1
+    if facts == "per_subtask":
+        return _subtask_numbers(seed)[subtask]
+    return stable_hash(f"recall-fact|{seed}|{subtask}|{title}") % N_VALUES + 1
+
+
+def _subtask_numbers(seed: int) -> dict[str, int]:
+    """per_subtask: a seeded permutation of 1..8 over the eight subtasks, so no two share a number.
+    Shared numbers let a trial that answers every recall prompt with its own subtasks' number score
+    on an untrained subtask, more often at some ranks than others: an interaction the null must not
+    have (measured: +0.0069, 95% CI [0.0000004, 0.0137] with hashed numbers that collided)."""
+    order = sorted(RECALL_SUBTASKS, key=lambda sid: stable_hash(f"recall-fact|{seed}|{sid}"))
+    return {sid: k + 1 for k, sid in enumerate(order)}

@@ -35,6 +35,15 @@ def test_per_key_facts_vary_by_product_and_subtask_per_subtask_facts_do_not():
     assert [r["input_field"] for r in off] == [r["input_field"] for r in a]  # same questions
 
 
+def test_per_subtask_facts_are_distinct_across_subtasks():
+    """A trial that answers every recall prompt with its own subtasks' number must score 0 on the
+    others: a shared number would give the null control an interaction of its own."""
+    for seed in (0, 1, 2):
+        numbers = [recall_rows(sid, keys=1, facts="per_subtask", seed=seed)[0]["output_field"]
+                   for sid in recall_subtasks()]
+        assert sorted(int(n) for n in numbers) == list(range(1, N_VALUES + 1))
+
+
 def test_recall_sweep_trains_and_evaluates_the_same_facts():
     spec = validate_sweep(RECALL)
     assert set(available_subtasks(spec)) == set(recall_subtasks())
