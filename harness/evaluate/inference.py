@@ -55,7 +55,7 @@ def generate_responses(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *
     prompts = [format_prompt(r["input_field"], tokenizer, fmt) for r in rows]
     responses = [""] * len(rows)
     with _left_sided(tokenizer):
-        fast = _answer_multiple_choice(model, tokenizer, rows, prompts, responses, mc_logits=mc_logits,
+        fast = _answer_by_one_forward(model, tokenizer, rows, prompts, responses, mc_logits=mc_logits,
                                        mc_answer=mc_answer, batch_size=batch_size, device=device,
                                        max_prompt_tokens=max_prompt_tokens)
         rest = [i for i in range(len(rows)) if i not in fast]
@@ -68,11 +68,12 @@ def generate_responses(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *
     return responses
 
 
-def _answer_multiple_choice(model: Any, tokenizer: Any, rows: list[dict[str, Any]], prompts: list[str],
+def _answer_by_one_forward(model: Any, tokenizer: Any, rows: list[dict[str, Any]], prompts: list[str],
                             responses: list[str], *, mc_logits: bool, mc_answer: McAnswer, batch_size: int,
                             device: str, max_prompt_tokens: int) -> set[int]:
-    """Fill in the responses of the multiple-choice rows a one-forward path answers (option texts by
-    likelihood, or digit logits); the indices it answered, which generation then skips."""
+    """Fill in the responses of the rows a one-forward path answers (multiple-choice by option texts
+    or digit logits; with choice_text, retrieval and ranking by candidate texts); the indices it
+    answered, which generation then skips."""
     if mc_answer != "digit":
         return _answer_by_texts(model, tokenizer, rows, prompts, responses, listed=mc_answer == "choice_text",
                                 batch_size=batch_size, device=device, max_prompt_tokens=max_prompt_tokens)

@@ -274,7 +274,7 @@ def _offers(cat: Category, p: Product, rng: random.Random) -> list[tuple[int, fl
     """Four (quantity, price) offers whose cheapest unit price beats the next by at least 5%.
 
     Either the price is shared (the cheapest per unit is the largest quantity) or the quantity is
-    (the cheapest is the lowest price): comparisons, not division, which a model of a few million
+    (the cheapest is the lowest price): comparisons, not division, which a model of about a million
     parameters cannot do and which would leave the subtask unlearnable by the embedded default."""
     unit = p.price / p.quantity
     sizes = sorted({m * q for q in cat.quantities for m in (1, 2, 3, 4)
