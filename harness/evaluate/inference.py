@@ -232,8 +232,13 @@ def option_scores(model: Any, tokenizer: Any, prompts: Sequence[str], options: S
             answer += [tokenizer.eos_token_id] if end is None else []
             keep = max(_prompt_budget(model, max_prompt_tokens, len(answer)), 1)
             seqs.append((prompt_ids[-keep:], answer))
-    flat = [score for k in range(0, len(seqs), batch_size)
-            for score in _continuation_logprob(model, seqs[k : k + batch_size], tokenizer.pad_token_id, device)]
+    order = sorted(range(len(seqs)), key=lambda k: len(seqs[k][0]) + len(seqs[k][1]))  # batches pad little
+    flat = [0.0] * len(seqs)
+    for k in range(0, len(order), batch_size):
+        batch = order[k : k + batch_size]
+        for j, score in zip(batch, _continuation_logprob(model, [seqs[j] for j in batch], tokenizer.pad_token_id,
+                                                         device)):
+            flat[j] = score
     out, start = [], 0
     for opts in options:  # each prompt's options are consecutive in `flat`
         out.append(flat[start : start + len(opts)])
