@@ -149,7 +149,7 @@ def _foreign_queries(world: World, split: str) -> list:
 
 
 def _reviews(world: World, split: str) -> list:
-    return [r for r in world.reviews if world.split_of(r.key) == split]
+    return list(world.reviews_in(split))  # a copy: the stream shuffles its keys
 
 
 def _sessions(world: World, split: str) -> list:

@@ -391,6 +391,15 @@ class World:
         found = [self.products[i] for i in self.by_category[category]]
         return found if split is None else [p for p in found if self.product_split(p) == split]
 
+    def reviews_in(self, split: str) -> tuple[Review, ...]:
+        """The split's reviews, in world order (computed once per world and split)."""
+        return _reviews_in(self, split)
+
+
+@functools.lru_cache(maxsize=16)  # worlds hash by identity; one cached world per seed
+def _reviews_in(world: World, split: str) -> tuple[Review, ...]:
+    return tuple(r for r in world.reviews if world.split_of(r.key) == split)
+
 
 # ---------------------------------------------------------------------------------------------
 # Titles and queries
@@ -766,7 +775,7 @@ def _drill_copy(world: World, rng: random.Random) -> str:
     """Copy a bracketed span of a review or a title: the generic copying habit that extraction
     subtasks build on (which span to copy stays theirs to teach)."""
     if rng.random() < 0.5:  # train-split reviews only: a held-out review's spans stay unseen
-        r = rng.choice([r for r in world.reviews if world.split_of(r.key) == "train"])
+        r = rng.choice(world.reviews_in("train"))
         span = rng.choice(r.mentions)[1]
         text = r.text.replace(span, f"[{span}]", 1)
     else:
