@@ -18,10 +18,12 @@ not single tokens in this tokenizer, or whose options cannot be read, are genera
 With `mc_answer` option_text a multiple-choice row is answered by the option whose text is likeliest
 as the continuation; with choice_text retrieval and ranking rows too, their numbered candidates
 ordered by likelihood (`option_scores`). Either way the response is numbers, as the parsers read.
+`option_scores` runs each prompt once and scores its options from the prompt's KV cache.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -223,13 +225,178 @@ def option_scores(model: Any, tokenizer: Any, prompts: Sequence[str], options: S
                   ends: Sequence[str | None], *, batch_size: int, device: str,
                   max_prompt_tokens: int = 1024) -> list[list[float]]:
     """Per prompt, each option's summed log-probability as the continuation: its text, then `end`'s
-    tokens (None: EOS, where the answer is the option alone)."""
+    tokens (None: EOS, where the answer is the option alone).
+
+    Each prompt runs through the model once: its KV cache is copied to one row per option and only
+    the option tokens run after it (the first option token's log-probability comes from the prompt's
+    last logits). A 4-option question costs one prompt pass instead of four. Prompts are batched
+    shortest first, left-padded, and grouped so a group's options total about `batch_size` rows (a
+    prompt with more options than that has them scored `batch_size` at a time from its cache).
+
+    Truncation: a prompt keeps its last `_prompt_budget(model, max_prompt_tokens, n)` tokens, n being
+    its *longest* answer (option + end), so the shared prompt and any of its options fit the model's
+    positions. Before the cache was shared, each option's copy of the prompt was cut by its own
+    answer's length; the two differ only when max_position_embeddings - longest answer is below
+    max_prompt_tokens and the prompt is longer than that, and then by a few more prompt tokens cut
+    from the left for the shorter options.
+
+    A model whose forward takes or returns no usable cache is scored one full (prompt + option)
+    sequence per option instead (`_option_scores_full`, the earlier path, same numbers up to float
+    rounding)."""
+    scores = _option_scores_shared(model, tokenizer, prompts, options, ends, batch_size=batch_size,
+                                   device=device, max_prompt_tokens=max_prompt_tokens)
+    if scores is None:
+        # No cache to share: a forward without use_cache, one returning the cache as tuples (no
+        # reorder_cache), or one that drops it (checkpointed and in training mode). builtin:tiny (Qwen2)
+        # and its peft wrapper return a DynamicCache on transformers 5.24 (tests/evaluate/test_inference.py).
+        log.info("option_scores: %s returns no reorderable KV cache; scoring one full sequence per option",
+                 type(model).__name__)
+        scores = _option_scores_full(model, tokenizer, prompts, options, ends, batch_size=batch_size,
+                                     device=device, max_prompt_tokens=max_prompt_tokens)
+    return scores
+
+
+def _answer_ids(tokenizer: Any, opts: Sequence[str], end: str | None) -> list[list[int]]:
+    """Each option's answer tokens: its text then `end`'s tokens, or its text then EOS when end is None."""
+    answers = []
+    for text in opts:
+        answer = tokenizer(text + (end or ""), add_special_tokens=False)["input_ids"]
+        answers.append(answer + ([tokenizer.eos_token_id] if end is None else []))
+    return answers
+
+
+@torch.no_grad()
+def _option_scores_shared(model: Any, tokenizer: Any, prompts: Sequence[str], options: Sequence[list[str]],
+                          ends: Sequence[str | None], *, batch_size: int, device: str,
+                          max_prompt_tokens: int) -> list[list[float]] | None:
+    """option_scores from one forward per prompt and its KV cache; None if the model gives no usable cache."""
+    items = []  # (kept prompt ids, answers) per prompt
+    for prompt, opts, end in zip(prompts, options, ends):
+        answers = _answer_ids(tokenizer, opts, end)
+        longest = max((len(a) for a in answers), default=1)
+        keep = max(_prompt_budget(model, max_prompt_tokens, longest), 1)
+        items.append((tokenizer(prompt, add_special_tokens=False)["input_ids"][-keep:], answers))
+    out: list[list[float]] = [[] for _ in items]
+    order = sorted((i for i, (_, answers) in enumerate(items) if answers), key=lambda i: len(items[i][0]))
+    for group in _option_groups(order, [len(answers) for _, answers in items], batch_size):
+        scores = _shared_prompt_scores(model, [items[i] for i in group], tokenizer.pad_token_id, device,
+                                       batch_size)
+        if scores is None:
+            return None
+        for i, mine in zip(group, scores):
+            out[i] = mine
+    return out
+
+
+def _option_groups(order: list[int], counts: list[int], batch_size: int) -> Iterator[list[int]]:
+    """Consecutive prompts of `order` whose option counts total at most batch_size (at least one prompt)."""
+    group: list[int] = []
+    total = 0
+    for i in order:
+        if group and total + counts[i] > batch_size:
+            yield group
+            group, total = [], 0
+        group.append(i)
+        total += counts[i]
+    if group:
+        yield group
+
+
+def _shared_prompt_scores(model: Any, items: list[tuple[list[int], list[list[int]]]], pad_id: int,
+                          device: str, batch_size: int) -> list[list[float]] | None:
+    """Summed answer log-probabilities for a group of prompts: one left-padded forward over the prompts
+    with a KV cache, then the answers (right-padded) from that cache, at most batch_size rows a forward.
+    None when the model returns no cache that `reorder_cache` can expand."""
+    width = max(len(p) for p, _ in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, (p, _) in enumerate(items):
+        ids[row, width - len(p):] = torch.tensor(p)
+        mask[row, width - len(p):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    prompt_out = _prompt_forward(model, ids, mask)
+    if prompt_out is None:
+        return None
+    last_logprobs, cache_key, cache = prompt_out
+    lengths = mask.sum(-1)  # real prompt tokens: the first answer token's position
+    pairs = [(row, answer) for row, (_, answers) in enumerate(items) for answer in answers]
+    flat: list[float] = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        # reorder_cache (what beam search uses, on every transformers Cache since 4.36) selects rows
+        # in place, repeats allowed; a later chunk of the same group needs the prompt rows again.
+        rows_cache = cache if start + batch_size >= len(pairs) else copy.deepcopy(cache)
+        src = torch.tensor([row for row, _ in chunk], device=device)
+        rows_cache.reorder_cache(src)
+        flat.extend(_answer_logprobs(model, chunk, src, last_logprobs, mask, lengths, cache_key, rows_cache,
+                                     pad_id))
+    out, start = [], 0
+    for _, answers in items:
+        out.append(flat[start : start + len(answers)])
+        start += len(answers)
+    return out
+
+
+def _prompt_forward(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, str, Any] | None:
+    """(last-position log-probabilities [prompts, vocab], the output key the cache came under, the cache),
+    or None when the model's forward rejects use_cache or returns no reorderable cache."""
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # a plain forward does not derive them from the mask
+    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    try:
+        try:  # logits_to_keep=1 skips the LM head on every position but the last (transformers>=4.50)
+            out = model(**kwargs, logits_to_keep=1)
+        except TypeError:
+            out = model(**kwargs)
+    except TypeError:  # a forward without use_cache: no cache to share
+        return None
+    # transformers 5.x returns the cache as `cache` (reading `past_key_values` still works, with a
+    # deprecation warning) and takes it back under that name; 4.x uses `past_key_values` for both.
+    # Older versions and custom models may return a tuple of tensors, which has no reorder_cache.
+    found = [(key, value) for key, value in out.items() if key in ("cache", "past_key_values")] \
+        if hasattr(out, "items") else []
+    if not found or not hasattr(found[0][1], "reorder_cache"):
+        return None
+    key, cache = found[0]
+    return torch.log_softmax(out.logits[:, -1, :].float(), -1), key, cache
+
+
+def _answer_logprobs(model: Any, chunk: list[tuple[int, list[int]]], src: torch.Tensor,
+                     last_logprobs: torch.Tensor, prompt_mask: torch.Tensor, lengths: torch.Tensor,
+                     cache_key: str, cache: Any, pad_id: int) -> list[float]:
+    """Summed log-probability of each (prompt row, answer) pair; `cache` holds row k's prompt at row k."""
+    first = [float(last_logprobs[row, answer[0]]) for row, answer in chunk]
+    width = max(len(answer) for _, answer in chunk) - 1  # the last answer token is never an input
+    if width == 0:
+        return first
+    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(chunk), width), dtype=torch.long)
+    for k, (_, answer) in enumerate(chunk):
+        ids[k, : len(answer) - 1] = torch.tensor(answer[:-1])
+        mask[k, : len(answer) - 1] = 1
+    ids, mask = ids.to(src.device), mask.to(src.device)
+    full_mask = torch.cat([prompt_mask[src], mask], dim=-1)
+    positions = lengths[src].unsqueeze(-1) + torch.arange(width, device=src.device)
+    logits = model(input_ids=ids, attention_mask=full_mask, position_ids=positions, use_cache=True,
+                   **{cache_key: cache}).logits
+    logprobs = torch.log_softmax(logits.float(), -1)
+    out = []
+    for k, (_, answer) in enumerate(chunk):
+        targets = torch.tensor(answer[1:], device=src.device).unsqueeze(-1)
+        out.append(first[k] + float(logprobs[k, : len(answer) - 1].gather(-1, targets).sum()))
+    return out
+
+
+@torch.no_grad()
+def _option_scores_full(model: Any, tokenizer: Any, prompts: Sequence[str], options: Sequence[list[str]],
+                        ends: Sequence[str | None], *, batch_size: int, device: str,
+                        max_prompt_tokens: int = 1024) -> list[list[float]]:
+    """option_scores without a KV cache: one (prompt + option) sequence per option, each option's copy of
+    the prompt cut to the budget its own answer leaves. For models without a usable cache, and the
+    reference the shared path is tested against."""
     seqs = []
     for prompt, opts, end in zip(prompts, options, ends):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        for text in opts:
-            answer = tokenizer(text + (end or ""), add_special_tokens=False)["input_ids"]
-            answer += [tokenizer.eos_token_id] if end is None else []
+        for answer in _answer_ids(tokenizer, opts, end):
             keep = max(_prompt_budget(model, max_prompt_tokens, len(answer)), 1)
             seqs.append((prompt_ids[-keep:], answer))
     order = sorted(range(len(seqs)), key=lambda k: len(seqs[k][0]) + len(seqs[k][1]))  # batches pad little

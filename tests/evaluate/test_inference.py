@@ -259,3 +259,155 @@ def test_choice_text_orders_listed_candidates_by_their_likelihood_as_the_first_i
             assert sorted(order) == list(range(1, len(mine) + 1)) and parse_ranking(response) == order
         else:
             assert len(set(order)) == 3 and parse_retrieval(response) == order
+
+
+# ---------------------------------------------------------------------------------------------
+# option_scores: one prompt forward, options from its KV cache
+
+
+def _scoring_set(tok, n=5):
+    """Multiple-choice (4 options, EOS after) and retrieval (7 candidates, LIST_END after) rows,
+    interleaved, plus a one-option and a no-option prompt: uneven option counts in every group."""
+    from harness.data.prompting import candidate_texts, option_texts
+    from harness.evaluate.inference import LIST_END
+    from harness.tasks import synthetic
+
+    mc = synthetic.generate_rows("complement_category", "heldout", n, seed=0)
+    ret = synthetic.generate_rows("also_bought", "heldout", n, seed=0)
+    prompts, options, ends = [], [], []
+    for m, r in zip(mc, ret):
+        prompts += [format_prompt(m["input_field"], tok, "raw"), format_prompt(r["input_field"], tok, "raw")]
+        options += [option_texts(m["input_field"]), candidate_texts(r["input_field"])]
+        ends += [None, LIST_END]
+    prompts += [prompts[0], prompts[1]]
+    options += [options[0][:1], []]
+    ends += [None, LIST_END]
+    assert {len(o) for o in options} == {0, 1, 4, 7}
+    return prompts, options, ends
+
+
+def _max_diff(a, b) -> float:
+    assert [len(r) for r in a] == [len(r) for r in b]
+    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+
+
+class _ForwardLog:
+    """Records each forward's rows, width, largest position id and whether it was given a cache."""
+
+    def __init__(self, model):
+        self.calls = []
+        self.handle = model.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, _module, _args, kwargs):
+        ids, pos = kwargs["input_ids"], kwargs.get("position_ids")
+        cached = kwargs.get("cache", kwargs.get("past_key_values")) is not None
+        self.calls.append((ids.shape[0], ids.shape[1], int(pos.max()) if pos is not None else None, cached))
+
+
+@pytest.mark.parametrize("batch_size, max_prompt_tokens", [(64, 1024), (9, 1024), (3, 1024), (5, 20), (1, 20)])
+def test_shared_option_scores_equal_full_sequence_scores(tiny, batch_size, max_prompt_tokens):
+    from harness.evaluate.inference import _option_scores_full, _option_scores_shared, option_scores
+
+    tok, model = tiny
+    prompts, options, ends = _scoring_set(tok)
+    if max_prompt_tokens < 1024:  # every prompt is cut from the left
+        assert min(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts) > max_prompt_tokens
+    kw = dict(batch_size=batch_size, device="cpu", max_prompt_tokens=max_prompt_tokens)
+    full = _option_scores_full(model, tok, prompts, options, ends, **kw)
+    forwards = _ForwardLog(model)
+    try:
+        shared = _option_scores_shared(model, tok, prompts, options, ends, **kw)
+    finally:
+        forwards.handle.remove()
+    assert shared is not None, "builtin:tiny returns a DynamicCache: the shared path must run"
+    assert _max_diff(shared, full) < 1e-4
+    assert shared[-1] == [] and len(shared[-2]) == 1
+    assert option_scores(model, tok, prompts, options, ends, **kw) == shared
+    # each prompt ran once; no forward had more than batch_size rows
+    prompt_rows = sum(rows for rows, _, _, cached in forwards.calls if not cached)
+    assert prompt_rows == sum(1 for o in options if o)
+    assert max(rows for rows, _, _, _ in forwards.calls) <= batch_size
+    if batch_size < 7:  # a 7-candidate prompt is scored in several chunks from its cache
+        assert sum(cached for *_, cached in forwards.calls) > prompt_rows
+
+
+def test_shared_option_scores_on_a_peft_model(tiny):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from harness.evaluate.inference import _option_scores_full, _option_scores_shared
+
+    tok, base = tiny
+    torch.manual_seed(0)
+    model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    for name, param in model.named_parameters():  # LoRA B starts at zero: make the adapter change the scores
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    model.eval()
+    prompts, options, ends = _scoring_set(tok, n=3)
+    kw = dict(batch_size=5, device="cpu", max_prompt_tokens=1024)
+    shared = _option_scores_shared(model, tok, prompts, options, ends, **kw)
+    assert shared is not None, "the peft wrapper passes the cache through: the shared path must run"
+    assert _max_diff(shared, _option_scores_full(model, tok, prompts, options, ends, **kw)) < 1e-4
+    assert _max_diff(shared, _option_scores_full(base, tok, prompts, options, ends, **kw)) > 1e-3
+
+
+class _NoCacheKwargs(torch.nn.Module):
+    """A causal LM whose forward takes no cache arguments at all."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm, self.config = lm, lm.config
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       use_cache=False)
+
+
+class _NoCacheReturned(_NoCacheKwargs):
+    """Takes any keyword but returns no cache (as a checkpointed model in training mode does)."""
+
+    def forward(self, input_ids, **kwargs):
+        kwargs.update(use_cache=False)
+        return self.lm(input_ids=input_ids, **kwargs)
+
+
+@pytest.mark.parametrize("wrapper", [_NoCacheKwargs, _NoCacheReturned])
+def test_option_scores_fall_back_to_full_sequences_without_a_cache(tiny, wrapper, caplog):
+    from harness.evaluate.inference import _option_scores_full, _option_scores_shared, option_scores
+
+    tok, base = tiny
+    model = wrapper(base)
+    prompts, options, ends = _scoring_set(tok, n=2)
+    kw = dict(batch_size=4, device="cpu", max_prompt_tokens=1024)
+    assert _option_scores_shared(model, tok, prompts, options, ends, **kw) is None
+    with caplog.at_level(logging.INFO, logger="harness.evaluate.inference"):
+        scores = option_scores(model, tok, prompts, options, ends, **kw)
+    assert scores == _option_scores_full(base, tok, prompts, options, ends, **kw)
+    assert "no reorderable KV cache" in caplog.text
+
+
+def test_shared_prompt_keeps_the_budget_of_its_longest_option(tiny):
+    """A prompt longer than the positions allow is cut once, by its longest answer: every position
+    stays below max_position_embeddings, and the scores are the full path's with that one budget."""
+    from harness.evaluate.inference import _answer_ids, _option_scores_full, _option_scores_shared
+
+    tok, model = tiny
+    limit = model.config.max_position_embeddings
+    prompt = format_prompt("filler words that do not matter\n" * 120 + MC_PROMPT, tok, "raw")
+    options = [["apple", "a very long answer about an apple and a pear and a plum and a lamp and a sock"]]
+    assert len(tok(prompt, add_special_tokens=False)["input_ids"]) > limit
+    longest = max(len(a) for a in _answer_ids(tok, options[0], None))
+    lengths = {len(a) for a in _answer_ids(tok, options[0], None)}
+    assert len(lengths) == 2 and longest > 10
+    forwards = _ForwardLog(model)
+    try:
+        shared = _option_scores_shared(model, tok, [prompt], options, [None], batch_size=8, device="cpu",
+                                       max_prompt_tokens=1024)
+    finally:
+        forwards.handle.remove()
+    assert max(pos for _, _, pos, _ in forwards.calls) < limit
+    same_budget = _option_scores_full(model, tok, [prompt], options, [None], batch_size=8, device="cpu",
+                                      max_prompt_tokens=limit - longest)
+    assert _max_diff(shared, same_budget) < 1e-4
