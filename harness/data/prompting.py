@@ -34,8 +34,20 @@ def format_prompt(input_field: str, tokenizer: Any, fmt: PromptFormat) -> str:
     if fmt == "chat":
         messages = [{"role": "user", "content": input_field}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    # Raw: the ShopBench prompt as written, then a newline that marks where the answer starts.
-    return input_field.rstrip() + "\n"
+    # Raw: the ShopBench prompt as written, up to its last visible character ("Answer:", "Output:");
+    # the answer continues it after one space (`continuation`).
+    return input_field.rstrip()
+
+
+def continuation(answer: str, fmt: PromptFormat) -> str:
+    """The answer as the model writes it after a `format_prompt` prompt, in training and when options
+    are scored. Raw: after one space, as text goes on after "Answer:" anywhere else. Byte-level BPE
+    spells a word with its leading space as a different token (" vidrio" vs "vidrio"), so a prompt
+    ending in a newline or a trailing space puts every answer in tokens that pretraining text rarely
+    uses: builtin:tiny chose the listed option its drills taught at chance that way, and at 0.68-1.0
+    with the space in the answer (lm-eval's target delimiter, for the same reason). Chat: the
+    template's assistant header already ends the prompt."""
+    return " " + answer if fmt == "raw" else answer
 
 
 McAnswer = Literal["digit", "option_text", "choice_text"]

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from harness.data.prompting import (LIST_SEPARATOR, LISTED, MAX_NEW_TOKENS, McAnswer, PromptFormat,
-                                    candidate_texts, format_prompt, option_texts)
+                                    candidate_texts, continuation, format_prompt, option_texts)
 from harness.evaluate.parsers import RETRIEVAL_LENGTH
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def generate_responses(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *
     prompts = [format_prompt(r["input_field"], tokenizer, fmt) for r in rows]
     responses = [""] * len(rows)
     with _left_sided(tokenizer):
-        fast = _answer_by_one_forward(model, tokenizer, rows, prompts, responses, mc_logits=mc_logits,
+        fast = _answer_by_one_forward(model, tokenizer, rows, prompts, responses, fmt=fmt, mc_logits=mc_logits,
                                        mc_answer=mc_answer, batch_size=batch_size, device=device,
                                        max_prompt_tokens=max_prompt_tokens)
         rest = [i for i in range(len(rows)) if i not in fast]
@@ -71,14 +71,15 @@ def generate_responses(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *
 
 
 def _answer_by_one_forward(model: Any, tokenizer: Any, rows: list[dict[str, Any]], prompts: list[str],
-                            responses: list[str], *, mc_logits: bool, mc_answer: McAnswer, batch_size: int,
-                            device: str, max_prompt_tokens: int) -> set[int]:
+                            responses: list[str], *, fmt: PromptFormat, mc_logits: bool, mc_answer: McAnswer,
+                            batch_size: int, device: str, max_prompt_tokens: int) -> set[int]:
     """Fill in the responses of the rows a one-forward path answers (multiple-choice by option texts
     or digit logits; with choice_text, retrieval and ranking by candidate texts); the indices it
     answered, which generation then skips."""
     if mc_answer != "digit":
-        return _answer_by_texts(model, tokenizer, rows, prompts, responses, listed=mc_answer == "choice_text",
-                                batch_size=batch_size, device=device, max_prompt_tokens=max_prompt_tokens)
+        return _answer_by_texts(model, tokenizer, rows, prompts, responses, fmt=fmt,
+                                listed=mc_answer == "choice_text", batch_size=batch_size, device=device,
+                                max_prompt_tokens=max_prompt_tokens)
     if mc_logits:
         digits = mc_option_rows(rows, prompts, tokenizer)
         idx = sorted(digits, key=lambda i: len(prompts[i]))
@@ -93,17 +94,19 @@ def _answer_by_one_forward(model: Any, tokenizer: Any, rows: list[dict[str, Any]
 
 
 def _answer_by_texts(model: Any, tokenizer: Any, rows: list[dict[str, Any]], prompts: list[str],
-                     responses: list[str], *, listed: bool, batch_size: int, device: str,
+                     responses: list[str], *, fmt: PromptFormat, listed: bool, batch_size: int, device: str,
                      max_prompt_tokens: int) -> set[int]:
     """Multiple-choice rows by their likeliest option text; with `listed` (mc_answer choice_text) also
     retrieval and ranking rows, whose candidates are ordered by how likely each text is as the
-    answer's first item (then the list separator). Responses are numbers, as the parsers read them."""
+    answer's first item (then the list separator), each written as training wrote it (`continuation`).
+    Responses are numbers, as the parsers read them."""
     texts = {i: option_texts(r["input_field"]) for i, r in enumerate(rows) if r["task_type"] == MC}
     if listed:
         texts |= {i: candidate_texts(r["input_field"]) for i, r in enumerate(rows) if r["task_type"] in LISTED}
     idx = [i for i, options in texts.items() if options]
     ends = [LIST_END if rows[i]["task_type"] in LISTED else None for i in idx]
-    scores = option_scores(model, tokenizer, [prompts[i] for i in idx], [texts[i] for i in idx], ends,
+    written = [[continuation(text, fmt) for text in texts[i]] for i in idx]
+    scores = option_scores(model, tokenizer, [prompts[i] for i in idx], written, ends,
                            batch_size=batch_size, device=device, max_prompt_tokens=max_prompt_tokens)
     for i, row_scores in zip(idx, scores):
         responses[i] = _response_from_scores(rows[i]["task_type"], row_scores)

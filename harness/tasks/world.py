@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-WORLD_VERSION = 3  # bump when the world or the corpus changes, so cached pretrained models rebuild
+WORLD_VERSION = 4  # bump when the world or the corpus changes, so cached pretrained models rebuild
 HELDOUT_PERCENT = 20  # share of entity keys held out for evaluation
 
 # ---------------------------------------------------------------------------------------------
@@ -639,6 +639,11 @@ def _lexicon_pages() -> list[str]:
         lines += [f"{w} = {translate_word(w, 'es')} (es) = {translate_word(w, 'de')} (de) = "
                   f"{translate_word(w, 'fr')} (fr)" for w in words]
         pages.append("\n".join(lines))
+    # The other direction too, foreign word first, as the multilingual subtasks read it: a model this
+    # small learns a fact in the order it reads it (the reversal curse), and the table runs English first.
+    meanings = [f"The {name} word {translate_word(w, lang)} means {w}." for w in LEXICON for lang, name in LANGUAGES.items()]
+    random.Random("lexicon").shuffle(meanings)
+    pages += ["\n".join(meanings[i:i + 12]) for i in range(0, len(meanings), 12)]
     pages.append("Word order in product titles: Spanish and French put the color after the product type, "
                  "German puts it before. A material follows de (es), aus (de) or en (fr). "
                  "An audience follows para (es), für (de) or pour (fr).")
@@ -655,7 +660,10 @@ def _reference_pages(cats: Mapping[str, Category]) -> list[str]:
               + ", ".join(c.name for c in cats.values() if c.department in deps) + "."
               for b, deps in BRANDS.items()]
     times = [f"{a} x {b} = {a * b}" for a in range(1, 13) for b in range(1, 7)]
-    return ["\n".join(brands), "\n".join(NEED_FACTS),
+    attrs = sorted({a for c in cats.values() for a in c.attrs})
+    having = [f"Products that can have a {a}: " + ", ".join(c.name for c in cats.values() if a in c.attrs) + "."
+              for a in attrs]  # attribute first, as attribute_category asks; category pages list them the other way
+    return ["\n".join(brands), "\n".join(having), "\n".join(NEED_FACTS),
             "Counting packs:\n" + "\n".join(times),
             "The best value is the offer with the lowest price per item, per 100 g or per 100 ml."]
 
@@ -671,7 +679,9 @@ def _product_page(world: World, p: Product, reviews: list[Review], rng: random.R
     lines.append(f"Goes well with {' and '.join(cat.complements)}.")
     lines += [f"{'Not ' if p.attr(attr) in bad else ''}{need}.".capitalize()
               for need, attr, bad, cats in NEEDS if p.category in cats]
-    lines += [f"A {r.rating} star review says: {r.text} It says "
+    # The review before its stars, as review_rating reads them (written the other way round, the stars
+    # stayed at chance after fine-tuning: 0.25 vs 0.45 with this order, tools in the issue-15 note).
+    lines += [f"A review says: {r.text} The reviewer gave {r.rating} star{'s' if r.rating > 1 else ''}. It says "
               + " and ".join(f"{phrase} about {aspect}" for aspect, phrase, _ in r.mentions) + "."
               for r in reviews[:2]]
     if world.product_split(p) == "train":  # held-out links and translations stay unseen
@@ -679,6 +689,7 @@ def _product_page(world: World, p: Product, reviews: list[Review], rng: random.R
         lines.append(f"Customers who bought this also bought {names}.")
         lang = rng.choice(tuple(LANGUAGES))
         lines.append(f"In {LANGUAGES[lang]} it is listed as {translate_title(p, lang)}.")
+        lines.append(f"The {LANGUAGES[lang]} title {translate_title(p, lang)} names {p.short_title}.")
     return "\n".join(lines)
 
 

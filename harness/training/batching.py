@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from harness.capacity.adapters import AdaptedModel
-from harness.data.prompting import McAnswer, PromptFormat, format_prompt, render_answer
+from harness.data.prompting import McAnswer, PromptFormat, continuation, format_prompt, render_answer
 from harness.spec.schema import TrainSpec
 from harness.training.losses import IGNORE_INDEX
 from harness.training.ranks import DistContext, loss_terms
@@ -40,7 +40,7 @@ def encode_example(row: dict[str, Any], tokenizer: Any, fmt: PromptFormat, max_l
     """Prompt and answer are tokenised separately so the prompt tokens match what generation sees."""
     prompt_ids = tokenizer(format_prompt(row["input_field"], tokenizer, fmt),
                            add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(render_answer(row, mc_answer), add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(continuation(render_answer(row, mc_answer), fmt), add_special_tokens=False)["input_ids"]
     answer_ids = answer_ids + [tokenizer.eos_token_id]
     # Truncate the prompt from the left: the question's tail (options, "Answer:") matters most.
     keep = max(max_len - len(answer_ids), 1)

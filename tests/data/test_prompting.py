@@ -3,7 +3,7 @@ retrieval and ranking as candidate numbers or, with choice_text, as the candidat
 
 from __future__ import annotations
 
-from harness.data.prompting import candidate_texts, option_texts, render_answer
+from harness.data.prompting import candidate_texts, continuation, format_prompt, option_texts, render_answer
 
 MC = {"input_field": "Which one?\n0. red mug\n1. blue bowl\n2. It cannot be inferred.\nAnswer: ",
       "output_field": 1, "task_type": "multiple-choice", "metric": "accuracy"}
@@ -44,3 +44,9 @@ def test_choice_text_writes_the_chosen_candidates_texts_in_answer_order():
     assert render_answer(MC, "choice_text") == "blue bowl"
     past_the_list = {**retrieval, "output_field": [1, 4]}  # an index the prompt does not list keeps numbers
     assert render_answer(past_the_list, "choice_text") == "1,4"
+
+
+def test_raw_prompts_end_at_the_question_and_answers_continue_after_a_space():
+    assert format_prompt(MC["input_field"], None, "raw") == MC["input_field"].rstrip()
+    assert continuation("blue bowl", "raw") == " blue bowl"
+    assert continuation("blue bowl", "chat") == "blue bowl"  # the chat template's header ends the prompt

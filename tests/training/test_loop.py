@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from harness.capacity.adapters import attach
+from harness.data.prompting import render_answer
 from harness.errors import InputError
 from harness.model import load_base_model
 from harness.spec.schema import AdapterSpec, TrainSpec
@@ -32,11 +33,22 @@ def test_labels_cover_the_answer_and_eos_only(tiny, rows):
     tokenizer, _ = tiny
     ex = encode_example(rows[0], tokenizer, "raw", 256)
     supervised = [t for t in ex.labels if t != IGNORE_INDEX]
-    assert tokenizer.decode(supervised[:-1]) == str(rows[0]["output_field"])
+    assert tokenizer.decode(supervised[:-1]) == " " + str(rows[0]["output_field"])  # raw: after a space
     assert supervised[-1] == tokenizer.eos_token_id
     n_prompt = ex.labels.index(supervised[0])
     assert all(t == IGNORE_INDEX for t in ex.labels[:n_prompt])
     assert ex.input_ids[n_prompt:] == supervised
+
+
+def test_raw_examples_are_tokenised_as_the_running_text_they_continue(tiny, rows):
+    """The answer's first token is the one the words get in running text (" pink", not "pink" after a
+    newline): the tokens the pretraining corpus taught, which the tiny model's drills transfer from."""
+    tokenizer, _ = tiny
+    for row in rows:
+        ex = encode_example(row, tokenizer, "raw", 512, mc_answer="option_text")
+        answer = render_answer(row, "option_text")
+        running = tokenizer(row["input_field"].rstrip() + " " + answer, add_special_tokens=False)["input_ids"]
+        assert ex.input_ids == running + [tokenizer.eos_token_id]
 
 
 def test_truncation_keeps_the_answer_and_the_prompt_tail(tiny, rows):
