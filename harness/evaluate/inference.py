@@ -85,7 +85,8 @@ def _answer_by_one_forward(model: Any, tokenizer: Any, rows: list[dict[str, Any]
         idx = sorted(digits, key=lambda i: len(prompts[i]))
         choices = answer_by_option_logits(model, tokenizer, [prompts[i] for i in idx], [digits[i] for i in idx],
                                           batch_size=batch_size, device=device,
-                                          max_prompt_tokens=max_prompt_tokens)
+                                          max_prompt_tokens=max_prompt_tokens,
+                                          lead=answer_lead_ids(tokenizer, fmt))
     else:
         return set()
     for i, choice in zip(idx, choices):
@@ -196,18 +197,31 @@ def mc_option_rows(rows: Sequence[dict[str, Any]], prompts: Sequence[str],
     return fast
 
 
+def answer_lead_ids(tokenizer: Any, fmt: PromptFormat) -> list[int]:
+    """The tokens a digit answer starts with before its digit: `continuation`'s space where the tokenizer
+    spells " 3" as " " then "3" (builtin:tiny's and Qwen2's split digits from the space), else none
+    (no lead in this format, or " 3" is one token, which digit_token_ids already counts)."""
+    lead = continuation("", fmt)
+    if not lead:
+        return []
+    lead_ids = tokenizer(lead, add_special_tokens=False)["input_ids"]
+    spelled = tokenizer(continuation("3", fmt), add_special_tokens=False)["input_ids"]
+    return lead_ids if len(spelled) == len(lead_ids) + 1 and spelled[:-1] == lead_ids else []
+
+
 @torch.no_grad()
 def answer_by_option_logits(model: Any, tokenizer: Any, prompts: Sequence[str],
                             options: Sequence[list[list[int]]], *, batch_size: int, device: str,
-                            max_prompt_tokens: int = 1024) -> list[int]:
-    """For each prompt, the option whose digit token scores highest as the next token.
+                            max_prompt_tokens: int = 1024, lead: Sequence[int] = ()) -> list[int]:
+    """For each prompt, the option whose digit token scores highest as the next token after `lead`
+    (answer_lead_ids: the space a raw answer starts with, where it is a token of its own).
     options[i][k]: the token ids that spell option k (the best of them counts)."""
     choices: list[int] = []
-    budget = _prompt_budget(model, max_prompt_tokens, new_tokens=1)
+    budget = _prompt_budget(model, max_prompt_tokens, new_tokens=1 + len(lead))
     with _left_sided(tokenizer):
         for start in range(0, len(prompts), batch_size):
             logits = _last_logits(model, tokenizer, list(prompts[start : start + batch_size]),
-                                  device, budget).float()
+                                  device, budget, lead).float()
             for row_logits, opts in zip(logits, options[start : start + batch_size]):
                 scores = torch.stack([row_logits[ids].max() for ids in opts])
                 choices.append(int(scores.argmax()))
@@ -438,9 +452,13 @@ def _continuation_logprob(model: Any, seqs: list[tuple[list[int], list[int]]], p
 
 
 def _last_logits(model: Any, tokenizer: Any, prompts: list[str], device: str,
-                 max_prompt_tokens: int) -> torch.Tensor:
-    """Next-token logits after each left-padded prompt, [batch, vocab]."""
+                 max_prompt_tokens: int, lead: Sequence[int] = ()) -> torch.Tensor:
+    """Next-token logits after each left-padded prompt and then the `lead` tokens, [batch, vocab]."""
     enc = _encode(tokenizer, prompts, device, max_prompt_tokens)
+    if lead:  # left padding: every row ends at the last column, so the lead goes after it in all of them
+        tail = torch.tensor(list(lead), device=device).expand(len(prompts), -1)
+        enc = {"input_ids": torch.cat([enc["input_ids"], tail], -1),
+               "attention_mask": torch.cat([enc["attention_mask"], torch.ones_like(tail)], -1)}
     # generate() derives positions from the mask; a plain forward does not, so pass them as it does.
     positions = (enc["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
     try:  # logits_to_keep=1 skips the LM head on every position but the last (transformers>=4.50)

@@ -59,6 +59,14 @@ class MicroBatch:
     supervised: int
 
 
+# Padded batches take their rows from a random window of this many steps' worth of examples, sorted by
+# length. Sorting the whole mixture by length (as before) made every batch one or two subtasks of one
+# length: on builtin:tiny the smoke mix (rank 16, 2 epochs of 200 rows a subtask) then answered its
+# multiple-choice questions at 0.42, against 0.47 with windows of 16 steps (0.48 with 4) and 0.46 with
+# random batches, which padded to 1.6x the training time; windows of 16 cost what the full sort did.
+LENGTH_WINDOW_STEPS = 16
+
+
 def make_batches(examples: list[Example], micro_batch: int, seed: int, pad_id: int, packing: bool,
                  dist: DistContext | None = None, grad_accum: int = 1, pack_length: int | None = None):
     """Endless shuffled optimiser steps: each one effective batch (micro_batch x grad_accum examples of
@@ -79,10 +87,11 @@ def make_batches(examples: list[Example], micro_batch: int, seed: int, pad_id: i
         chunks = []
         for group in sorted({e.group for e in examples}):
             members = [i for i, e in enumerate(examples) if e.group == group]
-            if packing:
-                rng.shuffle(members)
-            else:
-                members.sort(key=lambda i: (len(examples[i].input_ids), rng.random()))
+            rng.shuffle(members)
+            if not packing:  # padded: sort each window of a few steps by length, so a batch pads little
+                window = size * LENGTH_WINDOW_STEPS
+                members = [i for w in range(0, len(members), window)
+                           for i in sorted(members[w : w + window], key=lambda i: len(examples[i].input_ids))]
             chunks += [members[i : i + size] for i in range(0, len(members), size)]
         rng.shuffle(chunks)
         for chunk in chunks:

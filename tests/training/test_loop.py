@@ -275,6 +275,21 @@ def test_steps_are_effective_batches_with_token_shares():
     assert [m.tokens for m in step] == [int(m.batch["attention_mask"].sum()) for m in step]
 
 
+def test_padded_batches_come_from_random_windows_not_one_length_stratum():
+    """A whole-mixture length sort made each batch one length stratum (in a mixture, one or two
+    subtasks); batches drawn from sorted windows of LENGTH_WINDOW_STEPS steps still pad little but
+    mix lengths, and every epoch still visits every example once."""
+    from harness.training.batching import LENGTH_WINDOW_STEPS, make_batches
+
+    n = 4 * 4 * LENGTH_WINDOW_STEPS  # four windows of four-example steps
+    examples = [Example(list(range(1, k + 2)), [IGNORE_INDEX] * k + [1], "") for k in range(n)]
+    steps = make_batches(examples, 4, seed=0, pad_id=0, packing=False)
+    epoch = [next(steps)[0].batch["attention_mask"].sum(-1).tolist() for _ in range(n // 4)]
+    assert sorted(k for batch in epoch for k in batch) == [k + 1 for k in range(n)]
+    spans = [max(batch) - min(batch) for batch in epoch]
+    assert sum(spans) / len(spans) > 6  # a global sort gives 3 (four consecutive lengths) in every batch
+
+
 def test_held_out_loss_is_the_same_with_the_chunked_loss(tiny, rows):
     from harness.training.loop import eval_loss
 
