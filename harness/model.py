@@ -234,6 +234,12 @@ def _convert_gguf(gguf_dir: Path, gguf_name: str, target: Path) -> None:
 # Resolution
 
 
+def known_revision(model_id: str) -> str | None:
+    """The revision a trial records for model_id where it is known without building or downloading
+    anything: builtin:tiny's fingerprint, which changes when its world or recipe does; else None."""
+    return tiny_fingerprint() if model_id == TINY_ID else None
+
+
 def resolve_model_path(model_id: str) -> tuple[str, str]:
     """(path or hub id to load, revision string) for any supported model id."""
     if model_id == TINY_ID:

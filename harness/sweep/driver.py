@@ -104,6 +104,33 @@ def unplanned_note(count: int, results_dir: Path) -> str | None:
             "count as done: their cells run again under the new ids.")
 
 
+def set_aside_stale(results_dir: Path, records: list, model_id: str) -> set[str]:
+    """Done records that another revision of the base model made (builtin:tiny after its world or
+    recipe changed: a trial id hashes the spec, not the model it resolves to) are moved, with their
+    adapters, to results_dir/stale/<revision>/, so a resumed sweep reruns them instead of reporting
+    old and new models as one; returns their trial ids."""
+    from harness.model import known_revision
+
+    current = known_revision(model_id)
+    stale = [r for r in records if current is not None and is_done(r)
+             and r.meta.get("base_model_revision") not in (None, current)]
+    for record in stale:
+        old = str(record.meta["base_model_revision"])
+        for src in (results_dir / "trials" / f"{record.run.trial_id}.json",
+                    results_dir / "baseline" / f"{record.run.trial_id}.json",
+                    results_dir / "adapters" / record.run.trial_id):
+            if src.exists():
+                dest = results_dir / "stale" / old / src.parent.name / src.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dest)
+    if stale:
+        revisions = sorted({str(r.meta["base_model_revision"]) for r in stale})
+        log.warning("%d record(s) in %s were made with %s revision %s; it is now %s (its world or recipe "
+                    "changed). Moved them to %s and their trials run again.", len(stale), results_dir,
+                    model_id, ", ".join(revisions), current, results_dir / "stale")
+    return {r.run.trial_id for r in stale}
+
+
 def write_resolved_spec(spec: SweepSpec, results_dir: Path) -> None:
     """Keep the resolved spec beside the results; refuse to mix two different sweeps in one dir."""
     path = results_dir / "sweep.yaml"
@@ -146,6 +173,9 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
               num_cpus: int | None = None) -> SweepOutcome:
     results_dir = spec.results_dir.resolve()
     records, unreadable = load_records(results_dir)
+    if resume:
+        stale = set_aside_stale(results_dir, records, spec.base_model)
+        records = [r for r in records if r.run.trial_id not in stale]
     done = {r.run.trial_id for r in records if is_done(r)}
     if done and not resume:
         raise InputError(f"{results_dir} already has {len(done)} finished trial(s); pass --resume "
