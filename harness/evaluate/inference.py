@@ -57,9 +57,9 @@ def generate_responses(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *
     prompts = [format_prompt(r["input_field"], tokenizer, fmt) for r in rows]
     responses = [""] * len(rows)
     with _left_sided(tokenizer):
-        fast = _answer_by_one_forward(model, tokenizer, rows, prompts, responses, fmt=fmt, mc_logits=mc_logits,
-                                       mc_answer=mc_answer, batch_size=batch_size, device=device,
-                                       max_prompt_tokens=max_prompt_tokens)
+        fast = _answer_by_one_forward(model, tokenizer, rows, prompts, responses, fmt=fmt,
+                                       mc_logits=mc_logits, mc_answer=mc_answer, batch_size=batch_size,
+                                       device=device, max_prompt_tokens=max_prompt_tokens)
         rest = [i for i in range(len(rows)) if i not in fast]
         generate = partial(_generate_batch, model, tokenizer, device=device,
                            max_prompt_tokens=max_prompt_tokens)
@@ -354,7 +354,8 @@ def _shared_prompt_scores(model: Any, items: list[tuple[list[int], list[list[int
     return out
 
 
-def _prompt_forward(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, str, Any] | None:
+def _prompt_forward(model: Any, ids: torch.Tensor,
+                    mask: torch.Tensor) -> tuple[torch.Tensor, str, Any] | None:
     """(last-position log-probabilities [prompts, vocab], the output key the cache came under, the cache),
     or None when the model's forward rejects use_cache or returns no reorderable cache."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # a plain forward does not derive them from the mask

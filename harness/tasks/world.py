@@ -641,7 +641,8 @@ def _lexicon_pages() -> list[str]:
         pages.append("\n".join(lines))
     # The other direction too, foreign word first, as the multilingual subtasks read it: a model this
     # small learns a fact in the order it reads it (the reversal curse), and the table runs English first.
-    meanings = [f"The {name} word {translate_word(w, lang)} means {w}." for w in LEXICON for lang, name in LANGUAGES.items()]
+    meanings = [f"The {name} word {translate_word(w, lang)} means {w}."
+                for w in LEXICON for lang, name in LANGUAGES.items()]
     random.Random("lexicon").shuffle(meanings)
     pages += ["\n".join(meanings[i:i + 12]) for i in range(0, len(meanings), 12)]
     pages.append("Word order in product titles: Spanish and French put the color after the product type, "
@@ -661,8 +662,9 @@ def _reference_pages(cats: Mapping[str, Category]) -> list[str]:
               for b, deps in BRANDS.items()]
     times = [f"{a} x {b} = {a * b}" for a in range(1, 13) for b in range(1, 7)]
     attrs = sorted({a for c in cats.values() for a in c.attrs})
-    having = [f"Products that can have a {a}: " + ", ".join(c.name for c in cats.values() if a in c.attrs) + "."
-              for a in attrs]  # attribute first, as attribute_category asks; category pages list them the other way
+    # Attribute first, as attribute_category asks; the category pages list them the other way round.
+    having = [f"Products that can have a {a}: " + ", ".join(c.name for c in cats.values() if a in c.attrs)
+              + "." for a in attrs]
     return ["\n".join(brands), "\n".join(having), "\n".join(NEED_FACTS),
             "Counting packs:\n" + "\n".join(times),
             "The best value is the offer with the lowest price per item, per 100 g or per 100 ml."]
@@ -680,9 +682,9 @@ def _product_page(world: World, p: Product, reviews: list[Review], rng: random.R
     lines += [f"{'Not ' if p.attr(attr) in bad else ''}{need}.".capitalize()
               for need, attr, bad, cats in NEEDS if p.category in cats]
     # The review before its stars, as review_rating reads them (written the other way round, the stars
-    # stayed at chance after fine-tuning: 0.25 vs 0.45 with this order, tools in the issue-15 note).
-    lines += [f"A review says: {r.text} The reviewer gave {r.rating} star{'s' if r.rating > 1 else ''}. It says "
-              + " and ".join(f"{phrase} about {aspect}" for aspect, phrase, _ in r.mentions) + "."
+    # stayed at chance after fine-tuning: 0.25 vs 0.45 with this order; issue 15's note has the runs).
+    lines += [f"A review says: {r.text} The reviewer gave {r.rating} star{'s' if r.rating > 1 else ''}. "
+              "It says " + " and ".join(f"{phrase} about {aspect}" for aspect, phrase, _ in r.mentions) + "."
               for r in reviews[:2]]
     if world.product_split(p) == "train":  # held-out links and translations stay unseen
         names = "; ".join(world.products[i].short_title for i in p.also_bought)

@@ -40,7 +40,8 @@ def encode_example(row: dict[str, Any], tokenizer: Any, fmt: PromptFormat, max_l
     """Prompt and answer are tokenised separately so the prompt tokens match what generation sees."""
     prompt_ids = tokenizer(format_prompt(row["input_field"], tokenizer, fmt),
                            add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(continuation(render_answer(row, mc_answer), fmt), add_special_tokens=False)["input_ids"]
+    answer = continuation(render_answer(row, mc_answer), fmt)
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
     answer_ids = answer_ids + [tokenizer.eos_token_id]
     # Truncate the prompt from the left: the question's tail (options, "Answer:") matters most.
     keep = max(max_len - len(answer_ids), 1)
@@ -77,8 +78,8 @@ def make_batches(examples: list[Example], micro_batch: int, seed: int, pad_id: i
     token mean over the whole step, so micro_batch 8 x 2 learns what 16 x 1 learns (the out-of-memory
     retry and micro_batch auto change the split, not the training). Packed: each micro-batch is packed
     into rows of at most pack_length tokens (collate_packed; None: one row). Padded: rows of similar
-    length are batched together. Data-parallel: every rank draws the same global micro-batches and
-    collates its own slice (DistContext.local_batch).
+    length are batched together within random windows of LENGTH_WINDOW_STEPS steps. Data-parallel:
+    every rank draws the same global micro-batches and collates its own slice (DistContext.local_batch).
     """
     dist = dist or DistContext.single()
     collate_fn = collator(packing, pad_id, pack_length)
