@@ -111,9 +111,9 @@ def set_aside_stale(results_dir: Path, records: list, model_id: str) -> set[str]
     old and new models as one; returns their trial ids."""
     from harness.model import known_revision
 
-    current = known_revision(model_id)
-    stale = [r for r in records if current is not None and is_done(r)
-             and r.meta.get("base_model_revision") not in (None, current)]
+    done = [r for r in records if is_done(r)]
+    current = known_revision(model_id) if done else None  # (tiny's fingerprint hashes its corpus)
+    stale = [r for r in done if current is not None and r.meta.get("base_model_revision") not in (None, current)]
     for record in stale:
         old = str(record.meta["base_model_revision"])
         for src in (results_dir / "trials" / f"{record.run.trial_id}.json",
