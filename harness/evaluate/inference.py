@@ -324,13 +324,7 @@ def _shared_prompt_scores(model: Any, items: list[tuple[list[int], list[list[int
     """Summed answer log-probabilities for a group of prompts: one left-padded forward over the prompts
     with a KV cache, then the answers (right-padded) from that cache, at most batch_size rows a forward.
     None when the model returns no cache that `reorder_cache` can expand."""
-    width = max(len(p) for p, _ in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for row, (p, _) in enumerate(items):
-        ids[row, width - len(p):] = torch.tensor(p)
-        mask[row, width - len(p):] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = _left_padded([p for p, _ in items], pad_id, device)
     prompt_out = _prompt_forward(model, ids, mask)
     if prompt_out is None:
         return None
@@ -347,11 +341,27 @@ def _shared_prompt_scores(model: Any, items: list[tuple[list[int], list[list[int
         rows_cache.reorder_cache(src)
         flat.extend(_answer_logprobs(model, chunk, src, last_logprobs, mask, lengths, cache_key, rows_cache,
                                      pad_id))
+    return _split_by_counts(flat, [len(answers) for _, answers in items])
+
+
+def _split_by_counts(flat: list[float], counts: list[int]) -> list[list[float]]:
+    """Consecutive runs of `flat`, one per count: each prompt's option scores."""
     out, start = [], 0
-    for _, answers in items:
-        out.append(flat[start : start + len(answers)])
-        start += len(answers)
+    for n in counts:
+        out.append(flat[start : start + n])
+        start += n
     return out
+
+
+def _left_padded(seqs: list[list[int]], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of token lists left-padded to the longest: every row ends in the last column."""
+    width = max(len(seq) for seq in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, width - len(seq):] = torch.tensor(seq)
+        mask[row, width - len(seq):] = 1
+    return ids.to(device), mask.to(device)
 
 
 def _prompt_forward(model: Any, ids: torch.Tensor,
@@ -424,24 +434,14 @@ def _option_scores_full(model: Any, tokenizer: Any, prompts: Sequence[str], opti
         for j, score in zip(batch, _continuation_logprob(model, [seqs[j] for j in batch], tokenizer.pad_token_id,
                                                          device)):
             flat[j] = score
-    out, start = [], 0
-    for opts in options:  # each prompt's options are consecutive in `flat`
-        out.append(flat[start : start + len(opts)])
-        start += len(opts)
-    return out
+    return _split_by_counts(flat, [len(opts) for opts in options])
 
 
 def _continuation_logprob(model: Any, seqs: list[tuple[list[int], list[int]]], pad_id: int,
                           device: str) -> list[float]:
     """Summed log-probability of each answer after its prompt; left-padded batch, positions from the mask."""
-    width = max(len(p) + len(a) for p, a in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, (p, a) in enumerate(seqs):
-        tokens = p + a
-        ids[row, width - len(tokens):] = torch.tensor(tokens)
-        mask[row, width - len(tokens):] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = _left_padded([p + a for p, a in seqs], pad_id, device)
+    width = ids.shape[1]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float(), -1)
     out = []

@@ -113,8 +113,9 @@ def set_aside_stale(results_dir: Path, records: list, model_id: str) -> set[str]
 
     done = [r for r in records if is_done(r)]
     current = known_revision(model_id) if done else None  # (tiny's fingerprint hashes its corpus)
-    stale = [r for r in done
-             if current is not None and r.meta.get("base_model_revision") not in (None, current)]
+    if current is None:
+        return set()
+    stale = [r for r in done if r.meta.get("base_model_revision") not in (None, current)]
     for record in stale:
         old = str(record.meta["base_model_revision"])
         for src in (results_dir / "trials" / f"{record.run.trial_id}.json",

@@ -690,8 +690,9 @@ def _product_page(world: World, p: Product, reviews: list[Review], rng: random.R
         names = "; ".join(world.products[i].short_title for i in p.also_bought)
         lines.append(f"Customers who bought this also bought {names}.")
         lang = rng.choice(tuple(LANGUAGES))
-        lines.append(f"In {LANGUAGES[lang]} it is listed as {translate_title(p, lang)}.")
-        lines.append(f"The {LANGUAGES[lang]} title {translate_title(p, lang)} names {p.short_title}.")
+        foreign = translate_title(p, lang)
+        lines.append(f"In {LANGUAGES[lang]} it is listed as {foreign}.")
+        lines.append(f"The {LANGUAGES[lang]} title {foreign} names {p.short_title}.")
     return "\n".join(lines)
 
 
