@@ -9,7 +9,7 @@ batching windows each bought) come from this script: one process, one CPU thread
 for the default. It trains a LoRA adapter on the synthetic training rows of the given domains the way
 a trial does (`encode_example` with `mc_answer`, `make_batches`' length windows, AdamW, the trial's
 warm-up-then-cosine schedule, gradient clipping at 1.0) and scores every multiple-choice subtask's
-held-out rows by option-text likelihood (`option_scores`, as `mc_answer: choice_text` evaluates them).
+held-out rows as a trial's evaluation does (`generate_responses`: by option-text likelihood).
 `--base-only` prints the untrained model's scores and stops. It is a probe, not a trial: no Ray, no
 records, no retrieval, ranking or generation scores (README command 1's report has those).
 """
@@ -28,13 +28,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.capacity.adapters import attach  # noqa: E402
-from harness.data.prompting import continuation, format_prompt, option_texts, resolve_format  # noqa: E402
-from harness.evaluate.inference import option_scores  # noqa: E402
+from harness.data.prompting import resolve_format  # noqa: E402
+from harness.evaluate.inference import generate_responses  # noqa: E402
 from harness.model import load_base_model  # noqa: E402
-from harness.spec.schema import AdapterSpec  # noqa: E402
+from harness.spec.schema import AdapterSpec, TrainSpec  # noqa: E402
 from harness.tasks import registry, synthetic  # noqa: E402
 from harness.training import batching  # noqa: E402
 from harness.training.batching import encode_example, make_batches  # noqa: E402
+from harness.training.levers import make_adamw  # noqa: E402
+from harness.training.loop import _lr_lambda  # noqa: E402
 
 DOMAINS = ("concept", "reasoning", "behavior", "multilingual")
 
@@ -61,24 +63,22 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-@torch.no_grad()
-def evaluate(model, tok, fmt, held: dict[str, list[dict]]) -> dict[str, float]:
+def evaluate(model, tok, fmt, held: dict[str, list[dict]], mc_answer: str) -> dict[str, float]:
+    """Accuracy per subtask, answered as a trial's evaluation answers them (`generate_responses`)."""
     model.eval()
     scores = {}
     for subtask, rows in held.items():
-        prompts = [format_prompt(r["input_field"], tok, fmt) for r in rows]
-        options = [[continuation(o, fmt) for o in option_texts(r["input_field"])] for r in rows]
-        per_row = option_scores(model, tok, prompts, options, [None] * len(rows), batch_size=64, device="cpu")
-        right = [mine.index(max(mine)) == int(r["output_field"]) for mine, r in zip(per_row, rows)]
-        scores[subtask] = sum(right) / len(right)
+        responses = generate_responses(model, tok, rows, fmt=fmt, batch_size=64, device="cpu",
+                                       mc_answer=mc_answer)
+        scores[subtask] = sum(r == str(row["output_field"]) for r, row in zip(responses, rows)) / len(rows)
     model.train()
     return scores
 
 
 def show(label: str, scores: dict[str, float], started: float) -> None:
     cells = " ".join(f"{k}={v:.2f}" for k, v in scores.items())
-    print(f"{label} t={time.perf_counter() - started:.0f}s MC mean {statistics.mean(scores.values()):.3f} | {cells}",
-          flush=True)
+    mean = statistics.mean(scores.values())
+    print(f"{label} t={time.perf_counter() - started:.0f}s MC mean {mean:.3f} | {cells}", flush=True)
 
 
 def main() -> None:
@@ -93,24 +93,18 @@ def main() -> None:
     print(f"{info.model_id} ({info.revision}, {info.n_params / 1e6:.2f}M params); {len(subtasks)} subtasks, "
           f"{len(multiple_choice)} multiple-choice scored on {args.heldout} held-out rows each", flush=True)
     started = time.perf_counter()
-    show("base", evaluate(model, tok, fmt, held), started)
+    show("base", evaluate(model, tok, fmt, held, args.mc_answer), started)
     if args.base_only:
         return
     rows = [r for s in subtasks for r in synthetic.generate_rows(s, "train", args.rows)]
     examples = [encode_example(r, tok, fmt, 512, mc_answer=args.mc_answer) for r in rows]
     model = attach(model, AdapterSpec(rank=args.rank, alpha=args.alpha or 2 * args.rank)).model
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     steps = math.ceil(args.epochs * len(examples) / args.micro_batch)
-    warmup = min(args.warmup, steps)
-
-    def factor(step: int) -> float:  # the trial's schedule (harness.training.loop._lr_lambda)
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(steps - warmup, 1)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    spec = TrainSpec(steps=steps, lr=args.lr, warmup_steps=min(args.warmup, steps),
+                     micro_batch=args.micro_batch)
+    opt = make_adamw(params, spec.lr, spec.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(spec))  # the trial's schedule
     batching.LENGTH_WINDOW_STEPS = args.window
     batches = make_batches(examples, args.micro_batch, args.seed, tok.pad_token_id, packing=False)
     every = max(1, round(args.every * len(examples) / args.micro_batch))
@@ -127,7 +121,7 @@ def main() -> None:
         if step % every == 0 or step == steps:
             epoch = step * args.micro_batch / len(examples)
             show(f"epoch {epoch:.1f} step {step} loss {statistics.mean(losses[-50:]):.3f}",
-                 evaluate(model, tok, fmt, held), started)
+                 evaluate(model, tok, fmt, held, args.mc_answer), started)
 
 
 if __name__ == "__main__":
