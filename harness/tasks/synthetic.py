@@ -46,6 +46,7 @@ from harness.tasks.world import (
     Product,
     World,
     build_world,
+    in_text,
     render_query,
     translate_title,
     translate_word,
@@ -86,10 +87,6 @@ def _pick_list(truth: Sequence[str], distractors: Sequence[str],
     items = [(t, True) for t in truth] + [(d, False) for d in distractors]
     rng.shuffle(items)
     return [t for t, _ in items], [i for i, (_, ok) in enumerate(items, 1) if ok]
-
-
-def _in_text(word: str, text: str) -> bool:
-    return f" {word.lower()} " in f" {text.lower().replace(',', ' ')} "
 
 
 @functools.lru_cache(maxsize=None)
@@ -213,7 +210,7 @@ def _attribute_infer(world: World, p: Product, rng: random.Random, pos: int) -> 
 
     def fits(attr: str, options: tuple[str, ...]) -> bool:
         others = [o for o in options if o not in (options[pos], CANNOT_INFER)]
-        return options[pos] == (p.attr(attr) or CANNOT_INFER) and not any(_in_text(o, p.title) for o in others)
+        return options[pos] == (p.attr(attr) or CANNOT_INFER) and not any(in_text(o, p.title) for o in others)
 
     stated = [(a, o) for a in OPTION_SETS if a in cat.attrs for o in OPTION_SETS[a] if fits(a, o)]
     absent = [(a, o) for a in OPTION_SETS if a not in cat.attrs for o in OPTION_SETS[a] if fits(a, o)]

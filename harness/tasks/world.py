@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-WORLD_VERSION = 4  # bump when the world or the corpus changes, so cached pretrained models rebuild
+WORLD_VERSION = 5  # bump when the world or the corpus changes, so cached pretrained models rebuild
 HELDOUT_PERCENT = 20  # share of entity keys held out for evaluation
 
 # ---------------------------------------------------------------------------------------------
@@ -285,6 +285,11 @@ PRODUCTS_PER_CATEGORY = 60  # fewer where a category has fewer distinct titles
 def translate_word(word: str, lang: str) -> str:
     """One lexicon entry in `lang` ('es', 'de', 'fr')."""
     return LEXICON[word][_LANG_INDEX[lang]]
+
+
+def in_text(word: str, text: str) -> bool:
+    """Whether `word` (one or more whole words) occurs in `text`, ignoring case and commas."""
+    return f" {word.lower()} " in f" {text.lower().replace(',', ' ')} "
 
 
 def stable_hash(text: str) -> int:
@@ -755,6 +760,16 @@ def _drill_mention(world: World, rng: random.Random) -> str:
     return _drill(f"which of these words is in '{p.title}'?", word, rng.sample(pool, 3), rng)
 
 
+def _drill_mention_kind(world: World, rng: random.Random) -> str:
+    """Which value of one attribute a title names, against values of that same attribute."""
+    p = rng.choice(world.products)
+    attr, value = rng.choice(p.attrs)
+    pool = [v for v in ATTRIBUTE_VALUES[attr] if v != value and not in_text(v, p.title)]
+    if len(pool) < 3:
+        return _drill_mention(world, rng)
+    return _drill(f"which of these words is in '{p.title}'?", value, rng.sample(pool, 3), rng)
+
+
 def _drill_kind(world: World, rng: random.Random) -> str:
     kind = rng.choice(list(_DRILL_KINDS))
     pool = [w for w in _DRILL_WORDS if w not in _DRILL_KINDS[kind]]
@@ -801,7 +816,8 @@ def _drill_copy(world: World, rng: random.Random) -> str:
     return f"Drill: copy the words in brackets.\nText: {text}\nAnswer: {span}"
 
 
-_DRILLS = (_drill_mention, _drill_kind, _drill_translation, _drill_department, _drill_number, _drill_copy)
+_DRILLS = (_drill_mention, _drill_mention_kind, _drill_kind, _drill_translation, _drill_department, _drill_number,
+           _drill_copy)
 
 
 def _drill_pages(world: World, rng: random.Random) -> list[str]:

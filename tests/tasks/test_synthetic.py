@@ -15,6 +15,7 @@ import pytest
 from harness.errors import InputError
 from harness.tasks import registry, synthetic
 from harness.tasks.schema import row_problems
+from harness.tasks.world import ATTRIBUTE_VALUES, in_text
 
 SUBTASKS = [s.id for s in registry.all_subtasks()]
 MC = [s.id for s in registry.all_subtasks() if s.task_type == "multiple-choice"]
@@ -215,6 +216,19 @@ def test_drills_answer_with_the_right_option_text_or_the_bracketed_span():
             assert len(options) == 4 and options.count(answer) == 1, d
             kinds.add("choice")
     assert kinds == {"copy", "choice"}
+
+
+def test_mention_drills_name_exactly_one_word_of_the_title_some_against_its_own_kind():
+    """'Which of these words is in the title?': the answer is in it and no distractor is, so only reading
+    the title answers it; in part of them all four options are values of one attribute (as
+    attribute_infer's options are), so the kind of word gives nothing away."""
+    same_kind = 0
+    for d in (d for d in synthetic.world_corpus(0) if d.startswith("Drill: which of these words is in")):
+        title = re.search(r"is in '(.*)'\?\n", d).group(1)
+        options, answer = _options(d), d.rsplit("\nAnswer: ", 1)[1]
+        assert [o for o in options if in_text(o, title)] == [answer], d
+        same_kind += any(set(options) <= set(values) for values in ATTRIBUTE_VALUES.values())
+    assert same_kind >= 300
 
 
 def test_corpus_leaves_out_heldout_translations_and_sessions(corpus):
