@@ -228,16 +228,6 @@ def answer_by_option_logits(model: Any, tokenizer: Any, prompts: Sequence[str],
     return choices
 
 
-@torch.no_grad()
-def answer_by_option_text(model: Any, tokenizer: Any, prompts: Sequence[str], options: Sequence[list[str]], *,
-                          batch_size: int, device: str, max_prompt_tokens: int = 1024) -> list[int]:
-    """For each prompt, the option whose text (then EOS) has the highest summed log-probability as
-    the continuation: lm-eval's multiple-choice scoring by continuation likelihood."""
-    scores = option_scores(model, tokenizer, prompts, options, [None] * len(prompts), batch_size=batch_size,
-                           device=device, max_prompt_tokens=max_prompt_tokens)
-    return [mine.index(max(mine)) for mine in scores]  # the first best wins a tie
-
-
 def option_scores(model: Any, tokenizer: Any, prompts: Sequence[str], options: Sequence[list[str]],
                   ends: Sequence[str | None], *, batch_size: int, device: str,
                   max_prompt_tokens: int = 1024) -> list[list[float]]:

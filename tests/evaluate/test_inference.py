@@ -228,7 +228,7 @@ def _unpadded_logprob(model, tok, prompt: str, text: str) -> float:
 
 def test_option_text_answers_pick_the_likeliest_continuation_whatever_the_padding(tiny, heldout):
     from harness.data.prompting import option_texts
-    from harness.evaluate.inference import answer_by_option_text
+    from harness.evaluate.inference import option_scores
 
     tok, model = tiny
     rows = [r for r in heldout if r["task_type"] == "multiple-choice"][:8]
@@ -237,7 +237,8 @@ def test_option_text_answers_pick_the_likeliest_continuation_whatever_the_paddin
     assert all(len(o) >= 2 for o in options)
     expected = [max(range(len(o)), key=lambda k: _unpadded_logprob(model, tok, p, o[k]))
                 for p, o in zip(prompts, options)]
-    assert answer_by_option_text(model, tok, prompts, options, batch_size=5, device="cpu") == expected
+    scores = option_scores(model, tok, prompts, options, [None] * len(prompts), batch_size=5, device="cpu")
+    assert [mine.index(max(mine)) for mine in scores] == expected
 
 
 def test_option_text_responses_are_the_option_numbers(tiny, heldout):
