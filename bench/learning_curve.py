@@ -10,14 +10,18 @@ for the default. It trains a LoRA adapter on the synthetic training rows of the 
 a trial does (`encode_example` with `mc_answer`, `make_batches`' length windows, AdamW, the trial's
 warm-up-then-cosine schedule, gradient clipping at 1.0) and scores every multiple-choice subtask's
 held-out rows as a trial's evaluation does (`generate_responses`: by option-text likelihood).
-`--base-only` prints the untrained model's scores and stops. It is a probe, not a trial: no Ray, no
-records, no retrieval, ranking or generation scores (README command 1's report has those).
+`--base-only` prints the untrained model's scores and stops, after two probes of what pretraining
+taught, asked the way the corpus writes them: each drill kind's accuracy on fresh drills, and the
+stars of held-out reviews ("A review says: ... The reviewer gave"). It is a probe, not a trial: no
+Ray, no records, no retrieval, ranking or generation scores (README command 1's report has those).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import random
+import re
 import statistics
 import sys
 import time
@@ -29,10 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.capacity.adapters import attach  # noqa: E402
 from harness.data.prompting import resolve_format  # noqa: E402
-from harness.evaluate.inference import generate_responses  # noqa: E402
+from harness.data.prompting import continuation, format_prompt  # noqa: E402
+from harness.evaluate.inference import generate_responses, option_scores  # noqa: E402
 from harness.model import load_base_model  # noqa: E402
 from harness.spec.schema import AdapterSpec, TrainSpec  # noqa: E402
-from harness.tasks import registry, synthetic  # noqa: E402
+from harness.tasks import registry, synthetic, world  # noqa: E402
 from harness.training import batching  # noqa: E402
 from harness.training.batching import encode_example, make_batches  # noqa: E402
 from harness.training.levers import make_adamw  # noqa: E402
@@ -75,6 +80,39 @@ def evaluate(model, tok, fmt, held: dict[str, list[dict]], mc_answer: str) -> di
     return scores
 
 
+def _accuracy(model, tok, fmt, prompts: list[str], options: list[list[str]], gold: list[int]) -> float:
+    """Share of prompts whose likeliest option (summed log-probability) is the gold one."""
+    scores = option_scores(model, tok, [format_prompt(p, tok, fmt) for p in prompts],
+                           [[continuation(o, fmt) for o in opts] for opts in options], [None] * len(prompts),
+                           batch_size=64, device="cpu")
+    return sum(max(range(len(s)), key=s.__getitem__) == g for s, g in zip(scores, gold)) / len(gold)
+
+
+def pretraining_probes(model, tok, fmt, n: int = 200) -> dict[str, float]:
+    """Accuracy on n fresh drills of each choice kind (the corpus' layout, answer after "Answer:"),
+    and on the stars of n held-out reviews, which the corpus states for training reviews only."""
+    w = world.build_world(0)
+    out = {}
+    for drill in world._DRILLS:  # the corpus' generators: a probe of exactly what it taught
+        rng, prompts, options, gold = random.Random(f"probe|{drill.__name__}"), [], [], []
+        for _ in range(n):
+            text = drill(w, rng)
+            head, answer = text.rsplit("\nAnswer: ", 1)
+            opts = re.findall(r"(?m)^\d+\. (.*)$", head)
+            if answer not in opts:
+                continue  # the copy drill: no options
+            prompts.append(head + "\nAnswer:")
+            options.append(opts)
+            gold.append(opts.index(answer))
+        if prompts:
+            out[drill.__name__.removeprefix("_drill_")] = _accuracy(model, tok, fmt, prompts, options, gold)
+    held = [r for r in w.reviews if w.split_of(r.key) == "heldout"][:n]
+    stars = ["1 star", "2 stars", "4 stars", "5 stars"]
+    out["review stars"] = _accuracy(model, tok, fmt, [f"A review says: {r.text} The reviewer gave" for r in held],
+                                    [stars] * len(held), [world.RATINGS.index(r.rating) for r in held])
+    return out
+
+
 def show(label: str, scores: dict[str, float], started: float) -> None:
     cells = " ".join(f"{k}={v:.2f}" for k, v in scores.items())
     mean = statistics.mean(scores.values())
@@ -95,6 +133,8 @@ def main() -> None:
     started = time.perf_counter()
     show("base", evaluate(model, tok, fmt, held, args.mc_answer), started)
     if args.base_only:
+        probes = pretraining_probes(model, tok, fmt)
+        print("pretraining probes (chance 0.25): " + " ".join(f"{k}={v:.2f}" for k, v in probes.items()))
         return
     rows = [r for s in subtasks for r in synthetic.generate_rows(s, "train", args.rows)]
     examples = [encode_example(r, tok, fmt, 512, mc_answer=args.mc_answer) for r in rows]
