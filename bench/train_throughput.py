@@ -179,16 +179,10 @@ def _load_tokenizer(model_id: str):
 
 
 def _tiny_tokenizer():
-    """builtin:tiny's tokenizer: from the cached pretrained model when there is one, else trained (~4 s);
-    the bench needs token ids, not the pretrained weights."""
-    from transformers import AutoTokenizer
+    """builtin:tiny's tokenizer (shipped with the package): the bench needs token ids, not the pretrained weights."""
+    from harness.model import build_tiny_tokenizer
 
-    from harness.model import TINY_PRETRAIN, build_tiny_tokenizer, cache_dir, tiny_fingerprint
-
-    cached = cache_dir() / "models" / f"tiny-{tiny_fingerprint()}"
-    if (cached / "done.json").exists():
-        return AutoTokenizer.from_pretrained(cached)
-    return build_tiny_tokenizer(TINY_PRETRAIN["world_seed"])
+    return build_tiny_tokenizer()
 
 
 def make_steps(examples, batch: int, levers: Levers | None, seed: int = 0) -> list[list]:

