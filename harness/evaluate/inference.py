@@ -199,7 +199,7 @@ def mc_option_rows(rows: Sequence[dict[str, Any]], prompts: Sequence[str],
 
 def answer_lead_ids(tokenizer: Any, fmt: PromptFormat) -> list[int]:
     """The tokens a digit answer starts with before its digit: `continuation`'s space where the tokenizer
-    spells " 3" as " " then "3" (builtin:tiny's and Qwen2's split digits from the space), else none
+    spells " 3" as " " then "3" (Qwen2's splits digits from the space), else none
     (no lead in this format, or " 3" is one token, which digit_token_ids already counts)."""
     lead = continuation("", fmt)
     if not lead:
