@@ -138,7 +138,7 @@ def sample_examples(n: int, vocab: int, seed: int = 0, data: str = "synthetic", 
     builtin:tiny's tokenizer or that of `tokenizer`; token ids drawn at random past its vocabulary."""
     from harness.training.batching import encode_example
 
-    tok = _tiny_tokenizer() if tokenizer == "builtin:tiny" else _load_tokenizer(tokenizer)
+    tok = _load_tokenizer(tokenizer)
     rng = random.Random(seed)
     base = [encode_example(r, tok, "raw", max_len) for r in _rows(data, rng)]
     examples = []
@@ -171,18 +171,10 @@ def _rows(data: str, rng: random.Random, per_source: int = 400) -> list[dict]:
 
 
 def _load_tokenizer(model_id: str):
-    from transformers import AutoTokenizer
+    """The tokenizer trials use (builtin:tiny's is shipped: no model build); token ids are all the bench needs."""
+    from harness.model import TINY_ID, build_tiny_tokenizer, load_tokenizer, resolve_model_path
 
-    from harness.model import resolve_model_path
-
-    return AutoTokenizer.from_pretrained(resolve_model_path(model_id)[0])
-
-
-def _tiny_tokenizer():
-    """builtin:tiny's tokenizer (shipped with the package): the bench needs token ids, not the pretrained weights."""
-    from harness.model import build_tiny_tokenizer
-
-    return build_tiny_tokenizer()
+    return build_tiny_tokenizer() if model_id == TINY_ID else load_tokenizer(resolve_model_path(model_id)[0])
 
 
 def make_steps(examples, batch: int, levers: Levers | None, seed: int = 0) -> list[list]:

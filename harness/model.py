@@ -278,7 +278,7 @@ def load_base_model(model_id: str, *, device: str = "cpu", dtype: str = "auto",
     path, revision = resolve_model_path(model_id)
     torch_dtype = _torch_dtype(dtype, device)
     try:
-        tokenizer = _load_tokenizer(path, trust_remote_code)
+        tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype,
                                                      trust_remote_code=trust_remote_code)
     except OSError as exc:
@@ -296,12 +296,12 @@ def load_base_model(model_id: str, *, device: str = "cpu", dtype: str = "auto",
 _GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
-def _load_tokenizer(path: str, trust_remote_code: bool):
-    """AutoTokenizer, except for a local checkpoint that declares the generic fast tokenizer: that one
-    loads its tokenizer.json as saved. AutoTokenizer (transformers 5) builds the model type's own class
-    instead, and Qwen2Tokenizer swaps in Qwen2's pre-tokenizer: builtin:tiny (Qwen2-shaped, its own BPE)
-    then read every number digit by digit (" 12" as " ", "1", "2") in fine-tuning and evaluation,
-    though pretraining had written " 12"."""
+def load_tokenizer(path: str, *, trust_remote_code: bool = False):
+    """The tokenizer of a local checkpoint or a hub id: AutoTokenizer, except for a local checkpoint that
+    declares the generic fast tokenizer: that one loads its tokenizer.json as saved. AutoTokenizer
+    (transformers 5) builds the model type's own class instead, and Qwen2Tokenizer swaps in Qwen2's
+    pre-tokenizer: builtin:tiny (Qwen2-shaped, its own BPE) then read every number digit by digit
+    (" 12" as " ", "1", "2") in fine-tuning and evaluation, though pretraining had written " 12"."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     config = Path(path) / "tokenizer_config.json"
